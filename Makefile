@@ -1,0 +1,38 @@
+# The two commands of the README: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv on first use and are safe to run again.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install bench-ledger ddl compose-check clean
+
+install: $(STAMP)
+
+# torch goes in first and pinned: this machine has a local CPU build of 2.13.0, and any resolver
+# that picks torch itself (or a newer torchvision) pulls gigabytes of CUDA packages. uv resolves the
+# rest in seconds where pip backtracks for minutes; it keeps the torch that is already installed.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip uv
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -e '.[ml,airflow,dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/taisu-etl demo
+
+test: install
+	$(PY) tests/preflight.py
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench-ledger: install
+	$(PY) bench/ledger.py
+
+ddl: install
+	$(VENV)/bin/taisu-etl db ddl > sql/001_schema.sql
+
+compose-check:
+	docker compose config --quiet && echo "docker-compose.yml is valid"
+
+clean:
+	rm -rf var .pytest_cache

@@ -1,0 +1,140 @@
+"""The `taisu-etl` command line. Every user-fixable failure ends as one `error:` line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from taisu_etl.config import Settings, load_settings
+from taisu_etl.errors import TaisuError
+
+app = typer.Typer(
+    help="taisu-etl: build Chinese image-text datasets the way TaiSu was built, tracked sample by sample.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="The ledger database: schema and migrations.", no_args_is_help=True)
+storage_app = typer.Typer(help="The object store (local folder or MinIO/S3).", no_args_is_help=True)
+config_app = typer.Typer(help="Settings and recipes.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(storage_app, name="storage")
+app.add_typer(config_app, name="config")
+
+RecipeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--recipe", "-r", help="TOML recipe file (else $TAISU_RECIPE; TAISU_* variables override it)."),
+]
+
+
+def _settings(recipe: Path | None) -> Settings:
+    return load_settings(recipe)
+
+
+@db_app.command("upgrade")
+def db_upgrade(recipe: RecipeOpt = None) -> None:
+    """Create or migrate the ledger schema to the newest revision (safe to run again)."""
+    from taisu_etl.db.engine import check_connection, make_engine
+    from taisu_etl.db.migrate import upgrade
+
+    settings = _settings(recipe)
+    engine = make_engine(settings.ledger_url)
+    check_connection(engine)
+    before, after = upgrade(engine)
+    was = "already current" if before == after else f"was {before or 'empty'}"
+    typer.echo(f"ledger {settings.ledger_url_safe}: schema revision {after} ({was})")
+
+
+@db_app.command("ddl")
+def db_ddl() -> None:
+    """Print the Postgres DDL of every migration (what sql/001_schema.sql holds)."""
+    from taisu_etl.db.migrate import render_postgres_ddl
+
+    sys.stdout.write(render_postgres_ddl())
+
+
+@app.command("status")
+def status(recipe: RecipeOpt = None, as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
+    """Print the funnel: samples per state, and why the rest were dropped."""
+    from taisu_etl.reports import format_funnel
+    from taisu_etl.services import open_ledger
+
+    settings = _settings(recipe)
+    ledger = open_ledger(settings)
+    funnel, reasons = ledger.funnel(), ledger.reason_counts()
+    if as_json:
+        typer.echo(json.dumps({"funnel": funnel, "reasons": [list(r) for r in reasons]}, ensure_ascii=False))
+    else:
+        typer.echo(f"ledger {settings.ledger_url_safe}")
+        typer.echo(format_funnel(funnel, reasons))
+
+
+@app.command("reasons")
+def reasons() -> None:
+    """List the closed vocabulary of reason codes the ledger records."""
+    from taisu_etl.vocab import REASONS
+
+    for code, (stage, meaning) in REASONS.items():
+        typer.echo(f"{stage.value:<9} {code:<20} {meaning}")
+
+
+@config_app.command("show")
+def config_show(recipe: RecipeOpt = None) -> None:
+    """Print the effective settings as JSON, secrets masked."""
+    typer.echo(json.dumps(_settings(recipe).redacted(), indent=2, ensure_ascii=False))
+
+
+@storage_app.command("check")
+def storage_check(recipe: RecipeOpt = None) -> None:
+    """Check that the object store is reachable and its bucket exists."""
+    from taisu_etl.services import open_store
+
+    store = open_store(_settings(recipe))
+    store.check()
+    typer.echo(f"object store {store.describe()}: ok")
+
+
+@storage_app.command("init")
+def storage_init(recipe: RecipeOpt = None) -> None:
+    """Create the bucket (versioned, so takedowns can prove every version is gone) if missing."""
+    from taisu_etl.services import open_store
+
+    store = open_store(_settings(recipe), create_bucket=True)
+    store.check()
+    typer.echo(f"object store {store.describe()}: ready")
+
+
+@app.command("demo")
+def demo(recipe: RecipeOpt = None) -> None:
+    """The main job: run the pipeline DAG on the bundled sample data (embedded defaults: SQLite
+    ledger and a local object store under ./var), then print the funnel."""
+    from taisu_etl.airflow_local import run_dag
+    from taisu_etl.reports import format_funnel
+    from taisu_etl.services import open_ledger
+
+    settings = _settings(recipe)
+    typer.echo(f"ledger: {settings.ledger_url_safe}\nobject store: {settings.store} ({settings.objects_root if settings.store == 'local' else settings.s3_endpoint})")
+    typer.echo("running the taisu_pipeline DAG with Airflow (dag.test) on examples/sample/ ...")
+    conf = {"recipe": str(recipe.resolve()) if recipe else ""}
+    run_dag("taisu_pipeline", conf, settings.home / "airflow")
+    ledger = open_ledger(settings)
+    typer.echo("\nfunnel:")
+    typer.echo(format_funnel(ledger.funnel(), ledger.reason_counts()))
+    typer.echo(f"\nask the ledger: sqlite3 {settings.home / 'ledger.db'} 'SELECT * FROM v_rejections'" if settings.store == "local" and settings.db_url is None else "")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except TaisuError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ledger: schema, engines, migrations and batched operations."""

@@ -1,0 +1,82 @@
+"""Engines for the ledger, with connection failures turned into one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, DBAPIError
+
+from taisu_etl.errors import LedgerError
+
+_URL_HELP = "use e.g. postgresql://user@127.0.0.1:5432/taisu or sqlite:///var/ledger.db"
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for a ledger URL (SQLite or Postgres); raises LedgerError for a bad URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise LedgerError(f"TAISU_DB_URL is not a database URL: {_URL_HELP}") from None
+    safe = parsed.render_as_string(hide_password=True)
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            return _sqlite_engine(parsed)
+        if backend == "postgresql":
+            if parsed.drivername == "postgresql":
+                parsed = parsed.set(drivername="postgresql+psycopg2")
+            return sa.create_engine(
+                parsed,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": 5, "application_name": "taisu-etl"},
+            )
+    except NoSuchModuleError:
+        pass
+    raise LedgerError(f"unsupported ledger database {safe!r}: {_URL_HELP}")
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    # pysqlite's own transaction handling starts transactions lazily and as DEFERRED, so two
+    # processes could both read the same unclaimed rows; BEGIN IMMEDIATE takes the write lock
+    # up front, which is what makes claims exclusive on SQLite.
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def describe_db_error(exc: DBAPIError) -> str:
+    """The first line of a driver error, which is the one that says what happened."""
+    text = str(exc.orig) if exc.orig is not None else str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def check_connection(engine: Engine) -> None:
+    """Open one connection; raise LedgerError saying what to fix when that fails."""
+    safe = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except OperationalError as exc:
+        hint = "check TAISU_DB_URL and that the database server is running"
+        detail = describe_db_error(exc)
+        if "does not exist" in detail and engine.dialect.name == "postgresql":
+            hint = f"create it (createdb -h HOST {engine.url.database}) or fix TAISU_DB_URL"
+        raise LedgerError(f"cannot open the ledger at {safe}: {detail}: {hint}") from None

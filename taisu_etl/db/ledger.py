@@ -1,0 +1,470 @@
+"""Batched ledger operations: add samples, claim a shard's work, move samples between states.
+
+Every state change writes exactly one `sample_event` row per sample, in the same transaction as
+the change. On Postgres each batch is one statement (arrays unnested server-side, a CTE doing the
+UPDATE and the event INSERT together), which is what keeps the ledger off the critical path of a
+166M-sample run; SQLite takes the simple path under `BEGIN IMMEDIATE`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from taisu_etl.db.context import RunContext
+from taisu_etl.db.engine import check_connection, describe_db_error, make_engine
+from taisu_etl.db.schema import sample, sample_event, sample_state
+from taisu_etl.errors import LedgerError
+from taisu_etl.urls import normalise_caption, pair_hash, url_id
+from taisu_etl.vocab import Stage, State, check_reason
+
+# Columns a stage may set while moving a sample; the rest are the ledger's own. Wide ones live on
+# `sample`, the retry bookkeeping on the narrow `sample_state`.
+WIDE_UPDATABLE = frozenset(c.name for c in sample.columns if c.name not in {"id", "pair_hash", "url_id", "created_at", "updated_at"})
+STATE_UPDATABLE = frozenset({"attempts", "next_attempt_at"})
+UPDATABLE = WIDE_UPDATABLE | STATE_UPDATABLE
+_SQLITE_CHUNK = 500  # stays far below SQLite's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class NewSample:
+    """A row to add. `identity` stands in for the URL of samples that have none (archived images)."""
+
+    caption: str
+    source: str
+    url: str | None = None  # normalised (taisu_etl.urls.normalise_url)
+    identity: str | None = None
+    source_pos: str | None = None
+    taisu_id: str | None = None
+    fields: Mapping[str, Any] | None = None  # extra UPDATABLE columns, e.g. object_key of an archived image
+
+    @property
+    def key(self) -> str:
+        key = self.url if self.url is not None else self.identity
+        if not key:
+            raise ValueError("a sample needs a url or an identity")
+        return key
+
+
+@dataclass
+class AddResult:
+    inserted: int = 0
+    duplicates: int = 0
+
+    def __iadd__(self, other: "AddResult") -> "AddResult":
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        return self
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One stage decision about one sample."""
+
+    sample_id: int
+    to_state: State
+    reason: str
+    details: Mapping[str, Any] | None = None
+    updates: Mapping[str, Any] = field(default_factory=dict)
+
+
+def shard_of(url_hash: str, shards: int) -> int:
+    """Shard of a sample: from its URL id, so every caption of one URL lands in the same shard."""
+    return int(url_hash[:8], 16) % shards
+
+
+def _dumps(obj: Mapping[str, Any] | None) -> str | None:
+    if obj is None:
+        return None
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str, sort_keys=True)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Ledger:
+    """The sample ledger on one database. Thread-safe as far as its SQLAlchemy engine is."""
+
+    def __init__(self, engine: Engine, *, shards: int = 16, recipe_version: str | None = None) -> None:
+        self.engine = engine
+        self.shards = shards
+        self.recipe_version = recipe_version
+        self.is_postgres = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def open(cls, url: str, *, shards: int = 16, recipe_version: str | None = None, require_schema: bool = True) -> "Ledger":
+        """Connect and check the schema is current; every failure is a one-line LedgerError."""
+        from taisu_etl.db.migrate import current_revision, head_revision
+
+        engine = make_engine(url)
+        check_connection(engine)
+        if require_schema:
+            have, want = current_revision(engine), head_revision()
+            if have != want:
+                safe = engine.url.render_as_string(hide_password=True)
+                state = "has no schema" if have is None else f"is at schema revision {have}, this version needs {want}"
+                raise LedgerError(f"the ledger at {safe} {state}: run `taisu-etl db upgrade`")
+        return cls(engine, shards=shards, recipe_version=recipe_version)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def _ctx(self, ctx: RunContext | None) -> dict[str, Any]:
+        ctx = ctx or RunContext.from_airflow_env(recipe_version=self.recipe_version)
+        fields = ctx.event_fields()
+        if fields["recipe_version"] is None:
+            fields["recipe_version"] = self.recipe_version
+        return fields
+
+    # ------------------------------------------------------------------ add
+    def add_samples(
+        self, rows: Iterable[NewSample], *, ctx: RunContext | None = None, batch_size: int = 5000,
+        state: State = State.INGESTED, reason: str = "ingested",
+    ) -> AddResult:
+        """Insert new (URL, caption) pairs; pairs already in the ledger (or twice in `rows`) collapse.
+
+        Each inserted row gets one `ingest` event. Returns how many were new and how many were not.
+        """
+        check_reason(reason)
+        total = AddResult()
+        ev = self._ctx(ctx)
+        batch: list[NewSample] = []
+        for row in rows:
+            batch.append(row)
+            if len(batch) >= batch_size:
+                total += self._add_batch(batch, ev, state, reason)
+                batch = []
+        if batch:
+            total += self._add_batch(batch, ev, state, reason)
+        return total
+
+    def _prepare(self, batch: Sequence[NewSample]) -> list[dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for r in batch:
+            uid = url_id(r.key)
+            ph = pair_hash(r.key, r.caption)
+            if ph in out:
+                continue
+            rec = {
+                "pair_hash": ph, "url_id": uid, "url": r.url, "taisu_id": r.taisu_id,
+                "caption": normalise_caption(r.caption) if r.caption else r.caption,
+                "source": r.source, "source_pos": r.source_pos, "shard": shard_of(uid, self.shards),
+            }
+            if r.fields:
+                bad = set(r.fields) - WIDE_UPDATABLE
+                if bad:
+                    raise ValueError(f"cannot set ledger-owned columns at ingest: {sorted(bad)}")
+                rec.update(r.fields)
+            out[ph] = rec
+        return list(out.values())
+
+    def _add_batch(self, batch: Sequence[NewSample], ev: dict[str, Any], state: State, reason: str) -> AddResult:
+        recs = self._prepare(batch)
+        in_batch_dupes = len(batch) - len(recs)
+        if self.is_postgres:
+            inserted = self._pg_add(recs, ev, state, reason)
+        else:
+            inserted = self._sqlite_add(recs, ev, state, reason)
+        return AddResult(inserted=inserted, duplicates=len(batch) - inserted)
+
+    def _pg_add(self, recs: list[dict[str, Any]], ev: dict[str, Any], state: State, reason: str) -> int:
+        cols = sorted({k for r in recs for k in r} - {"shard"})
+        arrays = ", ".join([f"CAST(:c_{c} AS {_pg_type(c)}[])" for c in cols] + ["CAST(:c_shard AS integer[])"])
+        sql = sa.text(
+            f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({', '.join(cols)}, shard)), "
+            f"ins AS (INSERT INTO sample ({', '.join(cols)}) SELECT {', '.join(cols)} FROM v "
+            "ON CONFLICT (pair_hash) DO NOTHING RETURNING id, pair_hash, source, source_pos), "
+            "st AS (INSERT INTO sample_state (sample_id, shard, state, last_reason) "
+            "SELECT ins.id, v.shard, :state, :reason FROM ins JOIN v ON v.pair_hash = ins.pair_hash) "
+            "INSERT INTO sample_event (sample_id, stage, from_state, to_state, reason, details, "
+            "dag_id, run_id, task_id, map_index, try_number, worker, recipe_version) "
+            "SELECT id, :stage, NULL, :state, :reason, "
+            "jsonb_build_object('source', source, 'pos', source_pos), "
+            ":dag_id, :run_id, :task_id, :map_index, :try_number, :worker, :recipe_version FROM ins"
+        )
+        params = {f"c_{c}": [r.get(c) for r in recs] for c in cols}
+        params["c_shard"] = [r["shard"] for r in recs]
+        params.update(ev, state=state.value, reason=reason, stage=Stage.INGEST.value)
+        with self._begin() as conn:
+            return conn.execute(sql, params).rowcount
+
+    def _sqlite_add(self, recs: list[dict[str, Any]], ev: dict[str, Any], state: State, reason: str) -> int:
+        inserted = 0
+        with self._begin() as conn:
+            for chunk in _chunks(recs, _SQLITE_CHUNK):
+                existing = set(
+                    conn.execute(sa.select(sample.c.pair_hash).where(sample.c.pair_hash.in_([r["pair_hash"] for r in chunk]))).scalars()
+                )
+                new = [r for r in chunk if r["pair_hash"] not in existing]
+                # Rows differ in which optional columns they set; insert each shape separately.
+                by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+                for r in new:
+                    by_shape[tuple(sorted(r))].append(r)
+                for shape_rows in by_shape.values():
+                    ids = conn.execute(
+                        sa.insert(sample).returning(sample.c.id, sort_by_parameter_order=True),
+                        [{k: v for k, v in r.items() if k != "shard"} for r in shape_rows],
+                    ).scalars().all()
+                    conn.execute(
+                        sa.insert(sample_state),
+                        [{"sample_id": i, "shard": r["shard"], "state": state.value, "last_reason": reason} for i, r in zip(ids, shape_rows)],
+                    )
+                    conn.execute(
+                        sa.insert(sample_event),
+                        [
+                            dict(ev, sample_id=i, stage=Stage.INGEST.value, from_state=None, to_state=state.value,
+                                 reason=reason, details={"source": r["source"], "pos": r["source_pos"]})
+                            for i, r in zip(ids, shape_rows)
+                        ],
+                    )
+                    inserted += len(ids)
+        return inserted
+
+    # ------------------------------------------------------------------ claim
+    def claim(
+        self, *, state: State, owner: str, shard: int | None = None, limit: int = 1000,
+        lease_seconds: int = 900, columns: Sequence[str] = ("id", "url", "caption"),
+    ) -> list[dict[str, Any]]:
+        """Lease up to `limit` samples in `state` (of `shard`, if given) to `owner`.
+
+        Samples leased to someone else are skipped until their lease expires, so concurrent workers
+        never get the same sample (`FOR UPDATE SKIP LOCKED` on Postgres; the write lock on SQLite).
+        Samples whose `next_attempt_at` is in the future are not due and are skipped too.
+        """
+        bad = set(columns) - {c.name for c in sample.columns}
+        if bad:
+            raise ValueError(f"unknown sample columns: {sorted(bad)}")
+        if self.is_postgres:
+            where = "state = :state AND (lease_until IS NULL OR lease_until < now()) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
+            if shard is not None:
+                where = "shard = :shard AND " + where
+            sql = sa.text(
+                "WITH c AS (UPDATE sample_state st SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
+                f"FROM (SELECT sample_id FROM sample_state WHERE {where} ORDER BY sample_id LIMIT :limit FOR UPDATE SKIP LOCKED) f "
+                "WHERE st.sample_id = f.sample_id RETURNING st.sample_id) "
+                f"SELECT {', '.join('s.' + c for c in columns)} FROM sample s JOIN c ON s.id = c.sample_id ORDER BY s.id"
+            )
+            with self._begin() as conn:
+                rows = conn.execute(sql, {"state": state.value, "shard": shard, "owner": owner, "lease": lease_seconds, "limit": limit}).mappings().all()
+            return [dict(r) for r in rows]
+        now = _now()
+        st = sample_state.c
+        cond = [
+            st.state == state.value,
+            sa.or_(st.lease_until.is_(None), st.lease_until < now),
+            sa.or_(st.next_attempt_at.is_(None), st.next_attempt_at <= now),
+        ]
+        if shard is not None:
+            cond.insert(0, st.shard == shard)
+        with self._begin() as conn:
+            ids = list(conn.execute(sa.select(st.sample_id).where(*cond).order_by(st.sample_id).limit(limit)).scalars())
+            rows: list[dict[str, Any]] = []
+            for chunk in _chunks(ids, _SQLITE_CHUNK):
+                conn.execute(
+                    sa.update(sample_state).where(st.sample_id.in_(chunk)).values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
+                )
+                rows.extend(
+                    dict(r) for r in conn.execute(sa.select(*[sample.c[c] for c in columns]).where(sample.c.id.in_(chunk)).order_by(sample.c.id)).mappings()
+                )
+        return rows
+
+    def release_claims(self, owner: str) -> int:
+        """Give back every lease `owner` still holds (a worker that stops early)."""
+        with self._begin() as conn:
+            return conn.execute(
+                sa.update(sample_state).where(sample_state.c.lease_owner == owner).values(lease_owner=None, lease_until=None)
+            ).rowcount
+
+    # ------------------------------------------------------------------ move
+    def move(
+        self, ids: Sequence[int], *, from_state: State, to_state: State, stage: Stage, reason: str,
+        details: Sequence[Mapping[str, Any] | None] | Mapping[str, Any] | None = None,
+        updates: Mapping[str, Sequence[Any]] | None = None, owner: str | None = None,
+        ctx: RunContext | None = None,
+    ) -> int:
+        """Move samples from `from_state` to `to_state`, one `reason`-coded event each.
+
+        Samples no longer in `from_state` (or, with `owner`, no longer leased to it) are left alone
+        and get no event, so a late or duplicate worker cannot apply a decision twice. `details`
+        is one mapping for all or one per sample; `updates` maps column names to one value per
+        sample. Leases on moved samples end. Returns how many samples moved.
+        """
+        check_reason(reason)
+        n = len(ids)
+        if n == 0:
+            return 0
+        if details is None or isinstance(details, Mapping):
+            det = [_dumps(details)] * n  # type: ignore[arg-type]
+        else:
+            if len(details) != n:
+                raise ValueError("details must have one entry per sample")
+            det = [_dumps(d) for d in details]
+        upd = dict(updates or {})
+        bad = set(upd) - UPDATABLE
+        if bad:
+            raise ValueError(f"cannot update ledger-owned or unknown columns: {sorted(bad)}")
+        for col, vals in upd.items():
+            if len(vals) != n:
+                raise ValueError(f"updates[{col!r}] must have one value per sample")
+        ev = self._ctx(ctx)
+        if self.is_postgres:
+            return self._pg_move(list(ids), det, upd, from_state, to_state, stage, reason, owner, ev)
+        return self._sqlite_move(list(ids), det, upd, from_state, to_state, stage, reason, owner, ev)
+
+    def _pg_move(self, ids, det, upd, from_state, to_state, stage, reason, owner, ev) -> int:  # type: ignore[no-untyped-def]
+        cols = list(upd)
+        arrays = ["CAST(:ids AS bigint[])", "CAST(:details AS jsonb[])"] + [f"CAST(:u_{c} AS {_pg_type(c)}[])" for c in cols]
+        names = ["id", "details"] + [f"u_{c}" for c in cols]
+        narrow = "".join(f", {c} = v.u_{c}" for c in cols if c in STATE_UPDATABLE)
+        wide = [c for c in cols if c not in STATE_UPDATABLE]
+        guard = " AND st.lease_owner = :owner" if owner is not None else ""
+        returning = "".join(f", v.u_{c}" for c in wide)
+        wide_cte = ""
+        if wide:
+            sets = ", ".join(f"{c} = m.u_{c}" for c in wide)
+            wide_cte = f"w AS (UPDATE sample s SET {sets}, updated_at = now() FROM moved m WHERE s.id = m.id), "
+        sql = sa.text(
+            f"WITH v AS (SELECT * FROM unnest({', '.join(arrays)}) AS v({', '.join(names)})), "
+            "moved AS (UPDATE sample_state st SET state = :to_state, last_reason = :reason, updated_at = now(), "
+            f"lease_owner = NULL, lease_until = NULL{narrow} FROM v "
+            f"WHERE st.sample_id = v.id AND st.state = :from_state{guard} RETURNING st.sample_id AS id, v.details{returning}), "
+            f"{wide_cte}"
+            "ev AS (INSERT INTO sample_event (sample_id, stage, from_state, to_state, reason, details, "
+            "dag_id, run_id, task_id, map_index, try_number, worker, recipe_version) "
+            "SELECT id, :stage, :from_state, :to_state, :reason, details, "
+            ":dag_id, :run_id, :task_id, :map_index, :try_number, :worker, :recipe_version FROM moved RETURNING 1) "
+            "SELECT count(*) FROM ev"
+        )
+        params: dict[str, Any] = {"ids": ids, "details": det, **{f"u_{c}": list(v) for c, v in upd.items()}}
+        params.update(ev, to_state=to_state.value, from_state=from_state.value, reason=reason, stage=stage.value, owner=owner)
+        with self._begin() as conn:
+            return int(conn.execute(sql, params).scalar_one())
+
+    def _sqlite_move(self, ids, det, upd, from_state, to_state, stage, reason, owner, ev) -> int:  # type: ignore[no-untyped-def]
+        pos = {i: k for k, i in enumerate(ids)}
+        st = sample_state.c
+        narrow = [c for c in upd if c in STATE_UPDATABLE]
+        wide = [c for c in upd if c not in STATE_UPDATABLE]
+        moved = 0
+        with self._begin() as conn:
+            for chunk in _chunks(ids, _SQLITE_CHUNK):
+                cond = [st.sample_id.in_(chunk), st.state == from_state.value]
+                if owner is not None:
+                    cond.append(st.lease_owner == owner)
+                eligible = list(conn.execute(sa.select(st.sample_id).where(*cond)).scalars())
+                if not eligible:
+                    continue
+                conn.execute(
+                    sa.update(sample_state)
+                    .where(st.sample_id == sa.bindparam("b_id"))
+                    .values(
+                        state=to_state.value, last_reason=reason, updated_at=sa.func.now(), lease_owner=None, lease_until=None,
+                        **{c: sa.bindparam(f"b_{c}") for c in narrow},
+                    ),
+                    [{"b_id": i, **{f"b_{c}": upd[c][pos[i]] for c in narrow}} for i in eligible],
+                )
+                if wide:
+                    conn.execute(
+                        sa.update(sample)
+                        .where(sample.c.id == sa.bindparam("b_id"))
+                        .values(updated_at=sa.func.now(), **{c: sa.bindparam(f"b_{c}") for c in wide}),
+                        [{"b_id": i, **{f"b_{c}": upd[c][pos[i]] for c in wide}} for i in eligible],
+                    )
+                conn.execute(
+                    sa.insert(sample_event),
+                    [
+                        dict(ev, sample_id=i, stage=stage.value, from_state=from_state.value, to_state=to_state.value,
+                             reason=reason, details=json.loads(det[pos[i]]) if det[pos[i]] is not None else None)
+                        for i in eligible
+                    ],
+                )
+                moved += len(eligible)
+        return moved
+
+    def apply(
+        self, outcomes: Sequence[Outcome], *, from_state: State, stage: Stage, owner: str | None = None,
+        ctx: RunContext | None = None,
+    ) -> dict[str, int]:
+        """Write a batch of mixed decisions (grouped into one `move` per target state and reason).
+
+        Returns how many samples moved per reason code.
+        """
+        groups: dict[tuple[State, str, tuple[str, ...]], list[Outcome]] = defaultdict(list)
+        for o in outcomes:
+            groups[(o.to_state, o.reason, tuple(sorted(o.updates)))].append(o)
+        counts: dict[str, int] = defaultdict(int)
+        for (to_state, reason, cols), group in groups.items():
+            counts[reason] += self.move(
+                [o.sample_id for o in group], from_state=from_state, to_state=to_state, stage=stage, reason=reason,
+                details=[o.details for o in group], updates={c: [o.updates[c] for o in group] for c in cols},
+                owner=owner, ctx=ctx,
+            )
+        return dict(counts)
+
+    # ------------------------------------------------------------------ read
+    def funnel(self) -> dict[str, int]:
+        """Samples per state."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sample_state.c.state, sa.func.count()).group_by(sample_state.c.state)).all()
+        return {s: n for s, n in rows}
+
+    def reason_counts(self) -> list[tuple[str, str | None, int]]:
+        """(state, last reason, samples), largest first: why the samples are where they are."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(sample_state.c.state, sample_state.c.last_reason, sa.func.count()).group_by(sample_state.c.state, sample_state.c.last_reason)
+            ).all()
+        return sorted(((s, r, n) for s, r, n in rows), key=lambda t: (-t[2], t[0], t[1] or ""))
+
+    def events(self, sample_id: int) -> list[dict[str, Any]]:
+        """The lineage of one sample, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sample_event).where(sample_event.c.sample_id == sample_id).order_by(sample_event.c.id)).mappings()
+            return [dict(r) for r in rows]
+
+    def shards_with(self, state: State) -> list[int]:
+        """Shards that hold at least one sample in `state` (what a mapped stage task should cover)."""
+        with self.engine.connect() as conn:
+            st = sample_state.c
+            return list(conn.execute(sa.select(st.shard).where(st.state == state.value).distinct().order_by(st.shard)).scalars())
+
+    # ------------------------------------------------------------------ plumbing
+    def _begin(self):  # type: ignore[no-untyped-def]
+        return _translated(self.engine)
+
+
+class _translated:
+    """`engine.begin()` whose connection errors become LedgerError lines."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.cm = engine.begin()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        try:
+            return self.cm.__enter__()
+        except OperationalError as exc:
+            safe = self.engine.url.render_as_string(hide_password=True)
+            raise LedgerError(f"lost the ledger at {safe}: {describe_db_error(exc)}") from None
+
+    def __exit__(self, *exc_info):  # type: ignore[no-untyped-def]
+        return self.cm.__exit__(*exc_info)
+
+
+def _pg_type(column: str) -> str:
+    table = sample_state if column in STATE_UPDATABLE else sample
+    return table.c[column].type.compile(dialect=postgresql.dialect())
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

@@ -1,0 +1,168 @@
+"""The ledger's tables: the single source of truth for the schema on SQLite and Postgres.
+
+Alembic migrations in `migrations/versions` create exactly these tables (a test compares the
+migrated database with this metadata), and `sql/001_schema.sql` is their rendered Postgres DDL.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# BIGINT ids on Postgres (166M samples, billions of events); SQLite only auto-increments a column
+# declared INTEGER PRIMARY KEY, which is 64-bit there anyway.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# JSONB on Postgres for indexable details; JSON text elsewhere.
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Ts = sa.DateTime(timezone=True)
+
+sample = sa.Table(
+    "sample",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("pair_hash", sa.String(32), nullable=False, comment="hash of normalised URL + caption: one row per pair"),
+    sa.Column("url_id", sa.String(32), nullable=False, comment="stable hash of the normalised URL (the public sample id)"),
+    sa.Column("taisu_id", sa.String(64), comment="TaiSu's URL-slice id or the id in TaiSu's release"),
+    sa.Column("url", sa.Text, comment="normalised URL; NULL for images ingested from archives"),
+    sa.Column("caption", sa.Text, nullable=False, comment="web caption as ingested"),
+    sa.Column("caption_clean", sa.Text, comment="web caption after the text filter's clean-up"),
+    sa.Column("source", sa.Text, nullable=False, comment="input file or source name"),
+    sa.Column("source_pos", sa.Text, comment="line, row or archive member within the source"),
+    sa.Column("object_key", sa.Text),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("phash", sa.String(16)),
+    sa.Column("width", sa.Integer),
+    sa.Column("height", sa.Integer),
+    sa.Column("bytes", sa.Integer),
+    sa.Column("format", sa.String(8)),
+    sa.Column("http_status", sa.Integer),
+    sa.Column("fetched_at", Ts),
+    sa.Column("duplicate_of", BigId, sa.ForeignKey("sample.id")),
+    sa.Column("score", sa.Float),
+    sa.Column("score_model", sa.String(128)),
+    sa.Column("gen_caption", sa.Text),
+    sa.Column("gen_caption_model", sa.String(128)),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("pair_hash"),
+    sa.Index("ix_sample_url_id", "url_id"),
+    # Partial: most rows have no value yet, and an index entry per NULL would be written again
+    # on every update of the row.
+    sa.Index("ix_sample_taisu_id", "taisu_id", postgresql_where=sa.text("taisu_id IS NOT NULL"), sqlite_where=sa.text("taisu_id IS NOT NULL")),
+    sa.Index("ix_sample_sha256", "sha256", postgresql_where=sa.text("sha256 IS NOT NULL"), sqlite_where=sa.text("sha256 IS NOT NULL")),
+    sa.Index("ix_sample_phash", "phash", postgresql_where=sa.text("phash IS NOT NULL"), sqlite_where=sa.text("phash IS NOT NULL")),
+)
+
+# Where each sample is and who holds it. Kept apart from the wide `sample` row because it changes
+# at every stage: a state change rewrites this narrow row and its two index entries instead of the
+# whole sample row and all of its indexes, which doubles transition throughput on Postgres.
+sample_state = sa.Table(
+    "sample_state",
+    metadata,
+    sa.Column("sample_id", BigId, sa.ForeignKey("sample.id"), primary_key=True),
+    sa.Column("shard", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(24), nullable=False),
+    sa.Column("last_reason", sa.String(32), comment="reason code of the latest event"),
+    sa.Column("lease_owner", sa.String(128)),
+    sa.Column("lease_until", Ts),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", Ts),
+    sa.Column("updated_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_sample_state_shard_state", "shard", "state"),
+)
+
+sample_event = sa.Table(
+    "sample_event",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    # No foreign key: events are an append-only audit log written at tens of thousands of rows a
+    # second, and samples are never deleted (a takedown changes state and removes bytes), so the
+    # per-row constraint check would cost a quarter of the insert for nothing.
+    sa.Column("sample_id", BigId, nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("from_state", sa.String(24)),
+    sa.Column("to_state", sa.String(24), nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("details", Json),
+    sa.Column("dag_id", sa.String(250)),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("task_id", sa.String(250)),
+    sa.Column("map_index", sa.Integer),
+    sa.Column("try_number", sa.Integer),
+    sa.Column("worker", sa.String(128), comment="host:pid of the process that decided"),
+    sa.Column("recipe_version", sa.String(64)),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_sample_event_sample_id", "sample_id"),
+)
+
+release = sa.Table(
+    "release",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, comment="staging | published | failed"),
+    sa.Column("parent_id", BigId, sa.ForeignKey("release.id")),
+    sa.Column("recipe", Json),
+    sa.Column("counts", Json),
+    sa.Column("manifest_key", sa.Text),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", Ts),
+    sa.UniqueConstraint("name"),
+)
+
+release_member = sa.Table(
+    "release_member",
+    metadata,
+    sa.Column("release_id", BigId, sa.ForeignKey("release.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("sample_id", BigId, sa.ForeignKey("sample.id"), primary_key=True),
+    sa.Column("shard", sa.String(64), nullable=False, comment="file name of the release shard"),
+    sa.Index("ix_release_member_sample_id", "sample_id"),
+)
+
+takedown_request = sa.Table(
+    "takedown_request",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("received_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Column("requester", sa.Text, nullable=False),
+    sa.Column("contact", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("kind", sa.String(16), nullable=False, comment="url | sha256 | phash | sample"),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="received"),
+    sa.Column("processed_at", Ts),
+    sa.Column("details", Json),
+)
+
+blocklist = sa.Table(
+    "blocklist",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False, comment="url | sha256 | phash"),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("takedown_id", BigId, sa.ForeignKey("takedown_request.id")),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("kind", "value"),
+)
+
+domain_state = sa.Table(
+    "domain_state",
+    metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("robots_txt", sa.Text),
+    sa.Column("robots_status", sa.Integer),
+    sa.Column("robots_fetched_at", Ts),
+    sa.Column("backoff_until", Ts),
+    sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("details", Json),
+)

@@ -1,0 +1,81 @@
+"""What each Airflow task does, as plain functions: the DAG files call these and nothing else.
+
+No Airflow import here: the same functions run under `dag.test()`, a Celery worker, or a test.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+from taisu_etl.config import load_settings
+from taisu_etl.db.context import RunContext
+from taisu_etl.errors import InputError
+from taisu_etl.vocab import State
+
+log = logging.getLogger(__name__)
+
+
+def prepare(sources: list[str], recipe: str | None = None) -> list[str]:
+    """Migrate the ledger and expand the source globs; fails before any work if one matches nothing."""
+    from taisu_etl.db.engine import check_connection, make_engine
+    from taisu_etl.db.migrate import upgrade
+
+    settings = load_settings(recipe or None)
+    engine = make_engine(settings.ledger_url)
+    check_connection(engine)
+    upgrade(engine)
+    engine.dispose()
+    files: list[str] = []
+    for pattern in sources:
+        matched = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else ([pattern] if Path(pattern).exists() else [])
+        if not matched:
+            raise InputError(pattern, "no such source file: fix the `sources` parameter")
+        files.extend(str(Path(m).resolve()) for m in matched)
+    return files
+
+
+def ingest(path: str, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.services import open_ledger
+    from taisu_etl.stages.ingest import ingest_file
+
+    settings = load_settings(recipe or None)
+    ledger = open_ledger(settings)
+    try:
+        report = ingest_file(ledger, path, ctx=_ctx(context, settings.recipe_version), batch_size=settings.pipeline.batch_size)
+    finally:
+        ledger.dispose()
+    log.info("%s", report.summary())
+    return report.as_dict()
+
+
+def shards_in(state: str, recipe: str | None = None) -> list[int]:
+    """The shards a mapped stage task must cover: those with samples waiting in `state`."""
+    from taisu_etl.services import open_ledger
+
+    ledger = open_ledger(load_settings(recipe or None))
+    try:
+        return ledger.shards_with(State(state))
+    finally:
+        ledger.dispose()
+
+
+def funnel(recipe: str | None = None) -> str:
+    from taisu_etl.reports import format_funnel
+    from taisu_etl.services import open_ledger
+
+    ledger = open_ledger(load_settings(recipe or None))
+    try:
+        text = format_funnel(ledger.funnel(), ledger.reason_counts())
+    finally:
+        ledger.dispose()
+    log.info("funnel:\n%s", text)
+    return text
+
+
+def _ctx(context: Mapping[str, Any] | None, recipe_version: str) -> RunContext:
+    if context is None:
+        return RunContext.from_airflow_env(recipe_version=recipe_version)
+    return RunContext.from_airflow_context(context, recipe_version=recipe_version)

@@ -1,0 +1,111 @@
+"""The command line: one clear `error:` line for each kind of bad input, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from taisu_etl.config import load_settings
+from taisu_etl.errors import ConfigError
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, home: Path) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("TAISU_")}
+    full.update({"TAISU_HOME": str(home)}, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "taisu_etl.cli", *args], env=full, capture_output=True, text=True, timeout=60)
+
+
+def assert_one_error_line(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_db_upgrade_then_status_on_embedded_defaults(tmp_path: Path) -> None:
+    res = run_cli("db", "upgrade", home=tmp_path)
+    assert res.returncode == 0 and "schema revision 0001 (was empty)" in res.stdout
+    res = run_cli("db", "upgrade", home=tmp_path)
+    assert "already current" in res.stdout
+    res = run_cli("status", home=tmp_path)
+    assert res.returncode == 0 and "no samples yet" in res.stdout
+
+
+def test_status_before_upgrade_says_to_run_upgrade(tmp_path: Path) -> None:
+    assert_one_error_line(run_cli("status", home=tmp_path), "has no schema", "taisu-etl db upgrade")
+
+
+def test_wrong_db_url_is_one_line(tmp_path: Path) -> None:
+    assert_one_error_line(run_cli("status", env={"TAISU_DB_URL": "not a url"}, home=tmp_path), "TAISU_DB_URL")
+    assert_one_error_line(run_cli("status", env={"TAISU_DB_URL": "mysql://x@h/db"}, home=tmp_path), "unsupported ledger database")
+
+
+def test_unreachable_postgres_names_the_server_but_not_the_password(tmp_path: Path) -> None:
+    url = f"postgresql://taisu:hunter2@127.0.0.1:{_free_port()}/taisu"
+    res = run_cli("status", env={"TAISU_DB_URL": url}, home=tmp_path)
+    assert_one_error_line(res, "cannot open the ledger", "127.0.0.1", "check TAISU_DB_URL")
+    assert "hunter2" not in res.stderr
+
+
+@pytest.mark.postgres
+def test_missing_postgres_database_says_how_to_create_it(tmp_path: Path, pg_url: str) -> None:
+    import sqlalchemy as sa
+
+    url = sa.engine.make_url(pg_url).set(database="taisu_no_such_db").render_as_string(hide_password=False)
+    assert_one_error_line(run_cli("status", env={"TAISU_DB_URL": url}, home=tmp_path), "does not exist", "createdb")
+
+
+def test_unreachable_minio_is_one_line_without_the_secret(tmp_path: Path) -> None:
+    env = {"TAISU_STORE": "s3", "TAISU_S3_ENDPOINT": f"http://127.0.0.1:{_free_port()}", "TAISU_S3_ACCESS_KEY": "k",
+           "TAISU_S3_SECRET_KEY": "s3cr3t-value"}
+    res = run_cli("storage", "check", env=env, home=tmp_path)
+    assert_one_error_line(res, "127.0.0.1")
+    assert "s3cr3t-value" not in res.stderr
+
+
+def test_bad_recipe_files_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[pipeline\nshards = 4\n")
+    assert_one_error_line(run_cli("status", "--recipe", str(broken), home=tmp_path), str(broken), "not valid TOML")
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_text('[pipeline]\nshards = "many"\n')
+    assert_one_error_line(run_cli("config", "show", "--recipe", str(wrong), home=tmp_path), "pipeline.shards", str(wrong))
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("shardz = 4\n")
+    assert_one_error_line(run_cli("config", "show", "--recipe", str(unknown), home=tmp_path), "shardz")
+    assert_one_error_line(run_cli("status", "--recipe", str(tmp_path / "missing.toml"), home=tmp_path), "does not exist")
+
+
+def test_settings_precedence_env_over_recipe_over_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("TAISU_")]:
+        monkeypatch.delenv(key)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('recipe_version = "wukong-v1"\n[pipeline]\nshards = 64\nlease_seconds = 60\n')
+    assert load_settings().pipeline.shards == 16
+    assert load_settings(recipe).pipeline.shards == 64
+    monkeypatch.setenv("TAISU_PIPELINE__SHARDS", "128")
+    s = load_settings(recipe)
+    assert (s.pipeline.shards, s.pipeline.lease_seconds, s.recipe_version) == (128, 60, "wukong-v1")
+    with pytest.raises(ConfigError, match="s3_endpoint"):
+        load_settings(store="s3")
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    env = {"TAISU_DB_URL": "postgresql://taisu:pg-pass-123@db:5432/taisu", "TAISU_S3_SECRET_KEY": "minio-secret-456"}
+    res = run_cli("config", "show", env=env, home=tmp_path)
+    assert res.returncode == 0
+    assert "pg-pass-123" not in res.stdout and "minio-secret-456" not in res.stdout
+    assert "postgresql://taisu:***@db:5432/taisu" in res.stdout
