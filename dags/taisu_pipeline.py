@@ -4,10 +4,12 @@
 Builds a Chinese image-text dataset the way TaiSu was built, sample by sample in the ledger:
 
 1. **prepare** migrates the ledger and expands the `sources` globs;
-2. **ingest** streams each source file into `sample` rows (one mapped task per file);
-3. **funnel** logs how many samples each stage kept, and why the rest were dropped.
+2. **ingest** streams each source file into `sample` rows (one mapped task per file), and
+   **ingest_taisu** ingests TaiSu's released archives (images straight into the object store);
+3. **text_filter** runs the caption rules before any download (one mapped task per shard);
+4. **funnel** logs how many samples each stage kept, and why the rest were dropped.
 
-Stages that are not built yet (text filter, fetch, score, caption) are listed in the README.
+Stages that are not built yet (fetch, score, caption) are listed in the README.
 All logic lives in `taisu_etl.tasks`; this file only wires it together. Settings come from
 `TAISU_*` variables or the `recipe` parameter.
 """
@@ -33,6 +35,8 @@ SAMPLE_SOURCES = [str(Path(__file__).resolve().parent.parent / "examples" / "sam
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
     params={
         "sources": Param(SAMPLE_SOURCES, type="array", description="source files or globs (CSV/TSV/JSONL/Parquet)"),
+        "taisu_archives": Param([], type="array", description="TaiSu image archives (.tar/.tgz) to ingest"),
+        "taisu_captions": Param([], type="array", description="TaiSu caption files for those archives"),
         "recipe": Param("", type="string", description="path of a TOML recipe; empty for TAISU_* settings"),
     },
 )
@@ -52,6 +56,26 @@ def taisu_pipeline() -> None:
         return tasks.ingest(path, recipe, context)
 
     @task
+    def ingest_taisu(archives: list[str], captions: list[str], recipe: str) -> dict:
+        from taisu_etl import tasks
+
+        return tasks.ingest_taisu(archives, captions, recipe, get_current_context())
+
+    @task
+    def shards_to_filter(reports: list[dict], taisu: dict, recipe: str) -> list[int]:
+        from taisu_etl import tasks
+
+        return tasks.shards_in("ingested", recipe)
+
+    @task(map_index_template="{{ shard_name }}")
+    def text_filter(shard: int, recipe: str) -> dict:
+        from taisu_etl import tasks
+
+        context = get_current_context()
+        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
+        return tasks.text_filter(shard, recipe, context)
+
+    @task
     def funnel(reports: list[dict], recipe: str) -> str:
         from taisu_etl import tasks
 
@@ -60,7 +84,11 @@ def taisu_pipeline() -> None:
     recipe = "{{ params.recipe }}"
     files = prepare("{{ params.sources }}", recipe)
     reports = ingest.partial(recipe=recipe).expand(path=files)
-    funnel(reports, recipe)
+    taisu = ingest_taisu("{{ params.taisu_archives }}", "{{ params.taisu_captions }}", recipe)
+    files >> taisu
+    shards = shards_to_filter(reports, taisu, recipe)
+    filtered = text_filter.partial(recipe=recipe).expand(shard=shards)
+    funnel(filtered, recipe)
 
 
 taisu_pipeline()

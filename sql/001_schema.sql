@@ -18,6 +18,18 @@ CREATE TABLE domain_state (
     CONSTRAINT pk_domain_state PRIMARY KEY (host)
 );
 
+CREATE TABLE ingest_issue (
+    id BIGSERIAL NOT NULL, 
+    source TEXT NOT NULL, 
+    position TEXT NOT NULL, 
+    reason VARCHAR(32) NOT NULL, 
+    detail TEXT, 
+    run_id VARCHAR(250), 
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL, 
+    CONSTRAINT pk_ingest_issue PRIMARY KEY (id), 
+    CONSTRAINT uq_ingest_issue_source_position_reason UNIQUE (source, position, reason)
+);
+
 CREATE TABLE release (
     id BIGSERIAL NOT NULL, 
     name VARCHAR(128) NOT NULL, 
@@ -43,6 +55,7 @@ CREATE TABLE sample (
     url TEXT, 
     caption TEXT NOT NULL, 
     caption_clean TEXT, 
+    caption_hash VARCHAR(16) NOT NULL, 
     source TEXT NOT NULL, 
     source_pos TEXT, 
     object_key TEXT, 
@@ -76,11 +89,15 @@ COMMENT ON COLUMN sample.url IS 'normalised URL; NULL for images ingested from a
 
 COMMENT ON COLUMN sample.caption IS 'web caption as ingested';
 
-COMMENT ON COLUMN sample.caption_clean IS 'web caption after the text filter''s clean-up';
+COMMENT ON COLUMN sample.caption_clean IS 'web caption after the text filter''s clean-up, when it differs';
+
+COMMENT ON COLUMN sample.caption_hash IS 'hash of the normalised caption: counts over-frequent captions';
 
 COMMENT ON COLUMN sample.source IS 'input file or source name';
 
 COMMENT ON COLUMN sample.source_pos IS 'line, row or archive member within the source';
+
+CREATE INDEX ix_sample_caption_hash ON sample (caption_hash);
 
 CREATE INDEX ix_sample_phash ON sample (phash) WHERE phash IS NOT NULL;
 
@@ -171,11 +188,13 @@ CREATE TABLE sample_state (
 
 COMMENT ON COLUMN sample_state.last_reason IS 'reason code of the latest event';
 
-CREATE INDEX ix_sample_state_shard_state ON sample_state (shard, state);
+CREATE INDEX ix_sample_state_shard_state ON sample_state (shard, state, sample_id);
 
 CREATE VIEW v_funnel AS SELECT state, COUNT(*) AS samples FROM sample_state GROUP BY state;
 
 CREATE VIEW v_rejections AS SELECT state, last_reason AS reason, COUNT(*) AS samples FROM sample_state WHERE state IN ('text_rejected', 'fetch_failed', 'expired', 'image_rejected', 'duplicate', 'score_rejected', 'taken_down') GROUP BY state, last_reason;
+
+CREATE VIEW v_ingest_issues AS SELECT source, reason, COUNT(*) AS rows_lost FROM ingest_issue GROUP BY source, reason;
 
 CREATE VIEW v_sample_lineage AS SELECT e.sample_id, s.url_id, s.url, s.caption, e.created_at, e.stage, e.from_state, e.to_state, e.reason, e.details, e.dag_id, e.run_id, e.task_id, e.map_index, e.try_number, e.worker, e.recipe_version FROM sample_event e JOIN sample s ON s.id = e.sample_id;
 

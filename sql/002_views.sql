@@ -7,6 +7,9 @@ SELECT state, COUNT(*) AS samples FROM sample_state GROUP BY state;
 CREATE VIEW v_rejections AS
 SELECT state, last_reason AS reason, COUNT(*) AS samples FROM sample_state WHERE state IN ('text_rejected', 'fetch_failed', 'expired', 'image_rejected', 'duplicate', 'score_rejected', 'taken_down') GROUP BY state, last_reason;
 
+CREATE VIEW v_ingest_issues AS
+SELECT source, reason, COUNT(*) AS rows_lost FROM ingest_issue GROUP BY source, reason;
+
 CREATE VIEW v_sample_lineage AS
 SELECT e.sample_id, s.url_id, s.url, s.caption, e.created_at, e.stage, e.from_state, e.to_state, e.reason, e.details, e.dag_id, e.run_id, e.task_id, e.map_index, e.try_number, e.worker, e.recipe_version FROM sample_event e JOIN sample s ON s.id = e.sample_id;
 

@@ -65,12 +65,70 @@ def status(recipe: RecipeOpt = None, as_json: Annotated[bool, typer.Option("--js
 
     settings = _settings(recipe)
     ledger = open_ledger(settings)
-    funnel, reasons = ledger.funnel(), ledger.reason_counts()
+    funnel, reasons, issues = ledger.funnel(), ledger.reason_counts(), ledger.issue_counts()
     if as_json:
-        typer.echo(json.dumps({"funnel": funnel, "reasons": [list(r) for r in reasons]}, ensure_ascii=False))
+        typer.echo(json.dumps({"funnel": funnel, "reasons": [list(r) for r in reasons], "ingest_issues": [list(i) for i in issues]},
+                              ensure_ascii=False))
     else:
         typer.echo(f"ledger {settings.ledger_url_safe}")
         typer.echo(format_funnel(funnel, reasons))
+        if issues:
+            typer.echo("\nsource rows that did not become samples:")
+            for source, reason, n in issues:
+                typer.echo(f"  {source}: {reason} {n:,}")
+
+
+@app.command("ingest")
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="URL/caption lists: CSV/TSV (Wukong), JSON lines, Parquet (LAION); .gz works")],
+    recipe: RecipeOpt = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv | tsv | jsonl | parquet (default: detected)")] = None,
+    url_column: Annotated[str, typer.Option(help="column holding the URL (LAION's URL is found by itself)")] = "url",
+    caption_column: Annotated[str, typer.Option(help="column holding the caption (LAION's TEXT is found by itself)")] = "caption",
+) -> None:
+    """Add the (URL, caption) pairs of each file to the ledger; bad rows are counted with file and line."""
+    import logging
+
+    from taisu_etl.services import open_ledger
+    from taisu_etl.stages.ingest import ingest_file
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = _settings(recipe)
+    ledger = open_ledger(settings)
+    for path in files:
+        report = ingest_file(ledger, path, fmt=fmt, url_column=url_column, caption_column=caption_column,
+                             batch_size=settings.pipeline.batch_size)
+        typer.echo(report.summary())
+
+
+@app.command("ingest-taisu")
+def ingest_taisu_cmd(
+    archive: Annotated[list[Path], typer.Option("--archive", "-a", help="TaiSu image archive (.tar/.tgz/.tar.gz); repeat")],
+    captions: Annotated[list[Path], typer.Option("--captions", "-c", help="TaiSu caption file (JSON object, JSON lines or TXT); repeat")],
+    recipe: RecipeOpt = None,
+) -> None:
+    """Ingest TaiSu's own release: images into the object store, captions (w, g) into the ledger."""
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.ingest import ingest_taisu
+
+    settings = _settings(recipe)
+    report = ingest_taisu(open_ledger(settings), open_store(settings), archive, captions)
+    typer.echo(report.summary())
+
+
+@app.command("text-filter")
+def text_filter_cmd(
+    recipe: RecipeOpt = None,
+    shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
+) -> None:
+    """Run the caption rules on every ingested sample: text_ok or text_rejected, one event each."""
+    from taisu_etl.services import open_ledger
+    from taisu_etl.stages.text_filter import filter_shard
+    from taisu_etl.text import TextFilter
+
+    settings = _settings(recipe)
+    report = filter_shard(open_ledger(settings), TextFilter(settings.text), shard=shard, batch_size=settings.pipeline.batch_size)
+    typer.echo(report.summary())
 
 
 @app.command("reasons")

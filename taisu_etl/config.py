@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from taisu_etl.errors import ConfigError
+from taisu_etl.text.config import TextFilterConfig
 
 
 class PipelineConfig(BaseModel):
@@ -48,6 +49,7 @@ class Settings(BaseSettings):
     s3_create_bucket: bool = Field(False, description="create the bucket (versioned) when it is missing")
     recipe_version: str = Field("default", description="recorded on every ledger event")
     pipeline: PipelineConfig = PipelineConfig()
+    text: TextFilterConfig = TextFilterConfig()
 
     @model_validator(mode="after")
     def _s3_needs_endpoint(self) -> "Settings":

@@ -51,6 +51,39 @@ def ingest(path: str, recipe: str | None = None, context: Mapping[str, Any] | No
     return report.as_dict()
 
 
+def ingest_taisu(archives: list[str], captions: list[str], recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Ingest TaiSu's released archives (images to the object store); a no-op without archives."""
+    if not archives:
+        return {"skipped": "no TaiSu archives given"}
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.ingest import ingest_taisu as run
+
+    settings = load_settings(recipe or None)
+    ledger, store = open_ledger(settings), open_store(settings)
+    try:
+        report = run(ledger, store, archives, captions, ctx=_ctx(context, settings.recipe_version))
+    finally:
+        ledger.dispose()
+    log.info("%s", report.summary())
+    return report.as_dict()
+
+
+def text_filter(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.services import open_ledger
+    from taisu_etl.stages.text_filter import filter_shard
+    from taisu_etl.text import TextFilter
+
+    settings = load_settings(recipe or None)
+    ledger = open_ledger(settings)
+    try:
+        report = filter_shard(ledger, TextFilter(settings.text), shard=shard, ctx=_ctx(context, settings.recipe_version),
+                              batch_size=settings.pipeline.batch_size)
+    finally:
+        ledger.dispose()
+    log.info("%s", report.summary())
+    return report.as_dict()
+
+
 def shards_in(state: str, recipe: str | None = None) -> list[int]:
     """The shards a mapped stage task must cover: those with samples waiting in `state`."""
     from taisu_etl.services import open_ledger

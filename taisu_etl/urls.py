@@ -53,9 +53,15 @@ def url_id(normalised_url: str) -> str:
     return _hash32(normalised_url)
 
 
-def pair_hash(normalised_url: str, caption: str) -> str:
+def pair_hash(normalised_url: str, caption: str, *, caption_is_normalised: bool = False) -> str:
     """Stable id of a (URL, web caption) pair: one ledger row per pair, duplicates collapse."""
-    return _hash32(normalised_url + "\x1f" + normalise_caption(caption))
+    return _hash32(normalised_url + "\x1f" + (caption if caption_is_normalised else normalise_caption(caption)))
+
+
+def caption_hash(caption: str, *, caption_is_normalised: bool = False) -> str:
+    """64-bit hash of the normalised caption (16 hex digits): how over-frequent captions are counted."""
+    text = caption if caption_is_normalised else normalise_caption(caption)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def taisu_slice_id(url: str) -> str:

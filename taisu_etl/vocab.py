@@ -92,6 +92,8 @@ REASONS: dict[str, tuple[Stage, str]] = {
     "noai_header": (Stage.FETCH, "X-Robots-Tag: noai / noimageai"),
     "blocklisted": (Stage.FETCH, "on the takedown blocklist"),
     "retries_exhausted": (Stage.FETCH, "transient failures past the retry limit"),
+    "bad_url": (Stage.FETCH, "the URL or a redirect target is not a fetchable http(s) URL"),
+    "host_backoff": (Stage.FETCH, "not attempted: the host is backing off (429/503 or failures)"),
     # image checks and dedup
     "too_small": (Stage.IMAGE, "shorter side below the minimum"),
     "bad_aspect": (Stage.IMAGE, "aspect ratio above the maximum"),

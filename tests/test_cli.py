@@ -109,3 +109,11 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert res.returncode == 0
     assert "pg-pass-123" not in res.stdout and "minio-secret-456" not in res.stdout
     assert "postgresql://taisu:***@db:5432/taisu" in res.stdout
+
+
+def test_the_example_recipe_is_valid_and_matches_the_defaults(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "recipe.toml"
+    settings = load_settings(example)
+    defaults = load_settings()
+    assert settings.text == defaults.text and settings.pipeline == defaults.pipeline
+    assert settings.recipe_version == "example-v1"

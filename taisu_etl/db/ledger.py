@@ -16,19 +16,23 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.engine import check_connection, describe_db_error, make_engine
-from taisu_etl.db.schema import sample, sample_event, sample_state
+from taisu_etl.db.overlap import BackgroundWriter
+from taisu_etl.db.schema import ingest_issue, sample, sample_event, sample_state
 from taisu_etl.errors import LedgerError
-from taisu_etl.urls import normalise_caption, pair_hash, url_id
+from taisu_etl.urls import caption_hash, normalise_caption, pair_hash, url_id
 from taisu_etl.vocab import Stage, State, check_reason
 
 # Columns a stage may set while moving a sample; the rest are the ledger's own. Wide ones live on
 # `sample`, the retry bookkeeping on the narrow `sample_state`.
-WIDE_UPDATABLE = frozenset(c.name for c in sample.columns if c.name not in {"id", "pair_hash", "url_id", "created_at", "updated_at"})
+WIDE_UPDATABLE = frozenset(
+    c.name for c in sample.columns if c.name not in {"id", "pair_hash", "url_id", "caption_hash", "created_at", "updated_at"}
+)
 STATE_UPDATABLE = frozenset({"attempts", "next_attempt_at"})
 UPDATABLE = WIDE_UPDATABLE | STATE_UPDATABLE
 _SQLITE_CHUNK = 500  # stays far below SQLite's bound-parameter limit
@@ -132,31 +136,39 @@ class Ledger:
     ) -> AddResult:
         """Insert new (URL, caption) pairs; pairs already in the ledger (or twice in `rows`) collapse.
 
-        Each inserted row gets one `ingest` event. Returns how many were new and how many were not.
+        Each inserted row gets one `ingest` event (its source file and position are on the sample
+        row itself). Returns how many were new and how many were not.
         """
         check_reason(reason)
         total = AddResult()
         ev = self._ctx(ctx)
-        batch: list[NewSample] = []
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= batch_size:
-                total += self._add_batch(batch, ev, state, reason)
-                batch = []
-        if batch:
-            total += self._add_batch(batch, ev, state, reason)
+
+        def count(result: AddResult) -> None:
+            nonlocal total
+            total += result
+
+        with BackgroundWriter(on_result=count) as writer:
+            batch: list[NewSample] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= batch_size:
+                    writer.submit(self._add_batch, batch, ev, state, reason)
+                    batch = []
+            if batch:
+                writer.submit(self._add_batch, batch, ev, state, reason)
         return total
 
     def _prepare(self, batch: Sequence[NewSample]) -> list[dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for r in batch:
-            uid = url_id(r.key)
-            ph = pair_hash(r.key, r.caption)
+            caption = normalise_caption(r.caption)
+            ph = pair_hash(r.key, caption, caption_is_normalised=True)
             if ph in out:
                 continue
+            uid = url_id(r.key)
             rec = {
                 "pair_hash": ph, "url_id": uid, "url": r.url, "taisu_id": r.taisu_id,
-                "caption": normalise_caption(r.caption) if r.caption else r.caption,
+                "caption": caption, "caption_hash": caption_hash(caption, caption_is_normalised=True),
                 "source": r.source, "source_pos": r.source_pos, "shard": shard_of(uid, self.shards),
             }
             if r.fields:
@@ -182,13 +194,12 @@ class Ledger:
         sql = sa.text(
             f"WITH v AS (SELECT * FROM unnest({arrays}) AS v({', '.join(cols)}, shard)), "
             f"ins AS (INSERT INTO sample ({', '.join(cols)}) SELECT {', '.join(cols)} FROM v "
-            "ON CONFLICT (pair_hash) DO NOTHING RETURNING id, pair_hash, source, source_pos), "
+            "ON CONFLICT (pair_hash) DO NOTHING RETURNING id, pair_hash), "
             "st AS (INSERT INTO sample_state (sample_id, shard, state, last_reason) "
             "SELECT ins.id, v.shard, :state, :reason FROM ins JOIN v ON v.pair_hash = ins.pair_hash) "
             "INSERT INTO sample_event (sample_id, stage, from_state, to_state, reason, details, "
             "dag_id, run_id, task_id, map_index, try_number, worker, recipe_version) "
-            "SELECT id, :stage, NULL, :state, :reason, "
-            "jsonb_build_object('source', source, 'pos', source_pos), "
+            "SELECT id, :stage, NULL, :state, :reason, NULL, "
             ":dag_id, :run_id, :task_id, :map_index, :try_number, :worker, :recipe_version FROM ins"
         )
         params = {f"c_{c}": [r.get(c) for r in recs] for c in cols}
@@ -222,7 +233,7 @@ class Ledger:
                         sa.insert(sample_event),
                         [
                             dict(ev, sample_id=i, stage=Stage.INGEST.value, from_state=None, to_state=state.value,
-                                 reason=reason, details={"source": r["source"], "pos": r["source_pos"]})
+                                 reason=reason, details=None)
                             for i, r in zip(ids, shape_rows)
                         ],
                     )
@@ -283,6 +294,74 @@ class Ledger:
             return conn.execute(
                 sa.update(sample_state).where(sample_state.c.lease_owner == owner).values(lease_owner=None, lease_until=None)
             ).rowcount
+
+    def scan(
+        self, *, state: State, shard: int | None = None, after_id: int = 0, limit: int = 5000,
+        columns: Sequence[str] = ("id", "url", "caption"),
+    ) -> list[dict[str, Any]]:
+        """Read up to `limit` samples in `state` with id > `after_id`, in id order, without leasing.
+
+        For cheap, deterministic stages (the text filter): two workers that scan the same shard
+        compute the same decisions, and `move` applies each one once because it guards on the
+        source state. Stages with side effects (fetch) use `claim` instead.
+        """
+        bad = set(columns) - {c.name for c in sample.columns}
+        if bad:
+            raise ValueError(f"unknown sample columns: {sorted(bad)}")
+        st = sample_state.c
+        cond = [st.state == state.value, st.sample_id > after_id]
+        if shard is not None:
+            cond.insert(0, st.shard == shard)
+        query = (
+            sa.select(*[sample.c[c] for c in columns])
+            .join(sample_state, st.sample_id == sample.c.id)
+            .where(*cond)
+            .order_by(st.sample_id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def caption_frequencies(self, hashes: Iterable[str]) -> dict[str, int]:
+        """How many samples in the whole ledger share each caption hash (for over-frequent captions)."""
+        wanted = sorted(set(hashes))
+        counts: dict[str, int] = {}
+        with self.engine.connect() as conn:
+            for chunk in _chunks(wanted, _SQLITE_CHUNK if not self.is_postgres else 10_000):
+                rows = conn.execute(
+                    sa.select(sample.c.caption_hash, sa.func.count()).where(sample.c.caption_hash.in_(chunk)).group_by(sample.c.caption_hash)
+                )
+                counts.update({h: n for h, n in rows})
+        return counts
+
+    def record_issues(self, issues: Iterable[tuple[str, str, str, str]], *, ctx: RunContext | None = None, batch_size: int = 5000) -> int:
+        """Store bad source rows as (source, position, reason, detail); re-recording one is a no-op."""
+        run_id = self._ctx(ctx)["run_id"]
+        insert = (postgresql.insert if self.is_postgres else sqlite_insert)(ingest_issue).on_conflict_do_nothing()
+        stored = 0
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> int:
+            with self._begin() as conn:
+                return conn.execute(insert, batch).rowcount or 0
+
+        for source, position, reason, detail in issues:
+            check_reason(reason)
+            batch.append({"source": source, "position": position, "reason": reason, "detail": detail[:2000], "run_id": run_id})
+            if len(batch) >= batch_size:
+                stored += flush()
+                batch = []
+        if batch:
+            stored += flush()
+        return stored
+
+    def issue_counts(self) -> list[tuple[str, str, int]]:
+        """(source, reason, rows lost) for every source file with bad rows."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(ingest_issue.c.source, ingest_issue.c.reason, sa.func.count()).group_by(ingest_issue.c.source, ingest_issue.c.reason)
+            ).all()
+        return sorted((tuple(r) for r in rows), key=lambda t: (t[0], -t[2]))  # type: ignore[misc]
 
     # ------------------------------------------------------------------ move
     def move(

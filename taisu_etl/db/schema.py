@@ -35,7 +35,8 @@ sample = sa.Table(
     sa.Column("taisu_id", sa.String(64), comment="TaiSu's URL-slice id or the id in TaiSu's release"),
     sa.Column("url", sa.Text, comment="normalised URL; NULL for images ingested from archives"),
     sa.Column("caption", sa.Text, nullable=False, comment="web caption as ingested"),
-    sa.Column("caption_clean", sa.Text, comment="web caption after the text filter's clean-up"),
+    sa.Column("caption_clean", sa.Text, comment="web caption after the text filter's clean-up, when it differs"),
+    sa.Column("caption_hash", sa.String(16), nullable=False, comment="hash of the normalised caption: counts over-frequent captions"),
     sa.Column("source", sa.Text, nullable=False, comment="input file or source name"),
     sa.Column("source_pos", sa.Text, comment="line, row or archive member within the source"),
     sa.Column("object_key", sa.Text),
@@ -56,6 +57,7 @@ sample = sa.Table(
     sa.Column("updated_at", Ts, nullable=False, server_default=sa.func.now()),
     sa.UniqueConstraint("pair_hash"),
     sa.Index("ix_sample_url_id", "url_id"),
+    sa.Index("ix_sample_caption_hash", "caption_hash"),
     # Partial: most rows have no value yet, and an index entry per NULL would be written again
     # on every update of the row.
     sa.Index("ix_sample_taisu_id", "taisu_id", postgresql_where=sa.text("taisu_id IS NOT NULL"), sqlite_where=sa.text("taisu_id IS NOT NULL")),
@@ -78,7 +80,9 @@ sample_state = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("next_attempt_at", Ts),
     sa.Column("updated_at", Ts, nullable=False, server_default=sa.func.now()),
-    sa.Index("ix_sample_state_shard_state", "shard", "state"),
+    # sample_id last: claims and scans page through a shard's samples in id order straight off
+    # this index, instead of sorting every matching row for each batch.
+    sa.Index("ix_sample_state_shard_state", "shard", "state", "sample_id"),
 )
 
 sample_event = sa.Table(
@@ -103,6 +107,21 @@ sample_event = sa.Table(
     sa.Column("recipe_version", sa.String(64)),
     sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
     sa.Index("ix_sample_event_sample_id", "sample_id"),
+)
+
+# Rows of a source file that could not become samples (no URL, bad UTF-8, an archived image with no
+# caption, ...): kept with file and position so "what did we lose from wukong_100m_7.csv?" is a query.
+ingest_issue = sa.Table(
+    "ingest_issue",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("position", sa.Text, nullable=False),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("run_id", sa.String(250)),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("source", "position", "reason"),
 )
 
 release = sa.Table(

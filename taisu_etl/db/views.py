@@ -18,6 +18,8 @@ VIEWS: dict[str, str] = {
         "SELECT state, last_reason AS reason, COUNT(*) AS samples FROM sample_state "
         f"WHERE state IN ({_rejected}) GROUP BY state, last_reason"
     ),
+    # Rows of source files that never became samples, per file and reason.
+    "v_ingest_issues": "SELECT source, reason, COUNT(*) AS rows_lost FROM ingest_issue GROUP BY source, reason",
     # Every decision about every sample, with the Airflow task that made it.
     "v_sample_lineage": (
         "SELECT e.sample_id, s.url_id, s.url, s.caption, e.created_at, e.stage, e.from_state, e.to_state, "

@@ -59,7 +59,9 @@ def test_ingest_event_records_source_position_and_airflow_context(ledger: Ledger
     monkeypatch.setenv("AIRFLOW_CTX_TRY_NUMBER", "2")
     ledger.add_samples(_rows(1))
     (event,) = ledger.events(1)
-    assert event["details"] == {"source": "wukong_100m_0.csv", "pos": "line 2"}
+    assert event["details"] is None  # the source file and position live on the sample row
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(sample.c.source, sample.c.source_pos)).one() == ("wukong_100m_0.csv", "line 2")
     assert (event["dag_id"], event["run_id"], event["task_id"], event["try_number"]) == ("taisu_pipeline", "manual__2026-11-24", "ingest", 2)
     assert event["recipe_version"] == "test" and event["stage"] == "ingest" and event["from_state"] is None
 

@@ -32,6 +32,17 @@ def upgrade() -> None:
     sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.PrimaryKeyConstraint('host', name=op.f('pk_domain_state'))
     )
+    op.create_table('ingest_issue',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
+    sa.Column('source', sa.Text(), nullable=False),
+    sa.Column('position', sa.Text(), nullable=False),
+    sa.Column('reason', sa.String(length=32), nullable=False),
+    sa.Column('detail', sa.Text(), nullable=True),
+    sa.Column('run_id', sa.String(length=250), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ingest_issue')),
+    sa.UniqueConstraint('source', 'position', 'reason', name=op.f('uq_ingest_issue_source_position_reason'))
+    )
     op.create_table('release',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('name', sa.String(length=128), nullable=False),
@@ -53,7 +64,8 @@ def upgrade() -> None:
     sa.Column('taisu_id', sa.String(length=64), nullable=True, comment="TaiSu's URL-slice id or the id in TaiSu's release"),
     sa.Column('url', sa.Text(), nullable=True, comment='normalised URL; NULL for images ingested from archives'),
     sa.Column('caption', sa.Text(), nullable=False, comment='web caption as ingested'),
-    sa.Column('caption_clean', sa.Text(), nullable=True, comment="web caption after the text filter's clean-up"),
+    sa.Column('caption_clean', sa.Text(), nullable=True, comment="web caption after the text filter's clean-up, when it differs"),
+    sa.Column('caption_hash', sa.String(length=16), nullable=False, comment='hash of the normalised caption: counts over-frequent captions'),
     sa.Column('source', sa.Text(), nullable=False, comment='input file or source name'),
     sa.Column('source_pos', sa.Text(), nullable=True, comment='line, row or archive member within the source'),
     sa.Column('object_key', sa.Text(), nullable=True),
@@ -77,6 +89,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('pair_hash', name=op.f('uq_sample_pair_hash'))
     )
     with op.batch_alter_table('sample', schema=None) as batch_op:
+        batch_op.create_index('ix_sample_caption_hash', ['caption_hash'], unique=False)
         batch_op.create_index('ix_sample_phash', ['phash'], unique=False, postgresql_where=sa.text('phash IS NOT NULL'), sqlite_where=sa.text('phash IS NOT NULL'))
         batch_op.create_index('ix_sample_sha256', ['sha256'], unique=False, postgresql_where=sa.text('sha256 IS NOT NULL'), sqlite_where=sa.text('sha256 IS NOT NULL'))
         batch_op.create_index('ix_sample_taisu_id', ['taisu_id'], unique=False, postgresql_where=sa.text('taisu_id IS NOT NULL'), sqlite_where=sa.text('taisu_id IS NOT NULL'))
@@ -151,7 +164,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('sample_id', name=op.f('pk_sample_state'))
     )
     with op.batch_alter_table('sample_state', schema=None) as batch_op:
-        batch_op.create_index('ix_sample_state_shard_state', ['shard', 'state'], unique=False)
+        batch_op.create_index('ix_sample_state_shard_state', ['shard', 'state', 'sample_id'], unique=False)
     for name, select in VIEWS.items():
         op.execute(f"CREATE VIEW {name} AS {select}")
 
@@ -178,7 +191,9 @@ def downgrade() -> None:
         batch_op.drop_index('ix_sample_taisu_id', postgresql_where=sa.text('taisu_id IS NOT NULL'), sqlite_where=sa.text('taisu_id IS NOT NULL'))
         batch_op.drop_index('ix_sample_sha256', postgresql_where=sa.text('sha256 IS NOT NULL'), sqlite_where=sa.text('sha256 IS NOT NULL'))
         batch_op.drop_index('ix_sample_phash', postgresql_where=sa.text('phash IS NOT NULL'), sqlite_where=sa.text('phash IS NOT NULL'))
+        batch_op.drop_index('ix_sample_caption_hash')
 
     op.drop_table('sample')
     op.drop_table('release')
+    op.drop_table('ingest_issue')
     op.drop_table('domain_state')
