@@ -7,9 +7,11 @@ Builds a Chinese image-text dataset the way TaiSu was built, sample by sample in
 2. **ingest** streams each source file into `sample` rows (one mapped task per file), and
    **ingest_taisu** ingests TaiSu's released archives (images straight into the object store);
 3. **text_filter** runs the caption rules before any download (one mapped task per shard);
-4. **funnel** logs how many samples each stage kept, and why the rest were dropped.
+4. **fetch** downloads, checks and stores images (one mapped task per shard, in the `fetch` pool);
+5. **dedup** links exact and near duplicates to their first sample (one mapped task per shard);
+6. **funnel** logs how many samples each stage kept, and why the rest were dropped.
 
-Stages that are not built yet (fetch, score, caption) are listed in the README.
+Stages that are not built yet (score, caption) are listed in the README.
 All logic lives in `taisu_etl.tasks`; this file only wires it together. Settings come from
 `TAISU_*` variables or the `recipe` parameter.
 """
@@ -20,8 +22,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
-
-SAMPLE_SOURCES = [str(Path(__file__).resolve().parent.parent / "examples" / "sample" / "*.csv")]
 
 
 @dag(
@@ -34,7 +34,7 @@ SAMPLE_SOURCES = [str(Path(__file__).resolve().parent.parent / "examples" / "sam
     render_template_as_native_obj=True,  # "{{ params.sources }}" arrives as a list, not its repr
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20), "retry_exponential_backoff": True},
     params={
-        "sources": Param(SAMPLE_SOURCES, type="array", description="source files or globs (CSV/TSV/JSONL/Parquet)"),
+        "sources": Param([], type="array", description="URL lists: files or globs (CSV/TSV/JSONL/Parquet)"),
         "taisu_archives": Param([], type="array", description="TaiSu image archives (.tar/.tgz) to ingest"),
         "taisu_captions": Param([], type="array", description="TaiSu caption files for those archives"),
         "recipe": Param("", type="string", description="path of a TOML recipe; empty for TAISU_* settings"),
@@ -76,6 +76,34 @@ def taisu_pipeline() -> None:
         return tasks.text_filter(shard, recipe, context)
 
     @task
+    def shards_to_fetch(reports: list[dict], recipe: str) -> list[int]:
+        from taisu_etl import tasks
+
+        return tasks.shards_in(["text_ok", "fetch_retry"], recipe)
+
+    @task(map_index_template="{{ shard_name }}", pool="fetch")
+    def fetch(shard: int, recipe: str) -> dict:
+        from taisu_etl import tasks
+
+        context = get_current_context()
+        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
+        return tasks.fetch(shard, recipe, context)
+
+    @task
+    def shards_to_dedup(reports: list[dict], recipe: str) -> list[int]:
+        from taisu_etl import tasks
+
+        return tasks.shards_in("fetched", recipe)
+
+    @task(map_index_template="{{ shard_name }}")
+    def dedup(shard: int, recipe: str) -> dict:
+        from taisu_etl import tasks
+
+        context = get_current_context()
+        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
+        return tasks.dedup(shard, recipe, context)
+
+    @task
     def funnel(reports: list[dict], recipe: str) -> str:
         from taisu_etl import tasks
 
@@ -88,7 +116,9 @@ def taisu_pipeline() -> None:
     files >> taisu
     shards = shards_to_filter(reports, taisu, recipe)
     filtered = text_filter.partial(recipe=recipe).expand(shard=shards)
-    funnel(filtered, recipe)
+    fetched = fetch.partial(recipe=recipe).expand(shard=shards_to_fetch(filtered, recipe))
+    deduped = dedup.partial(recipe=recipe).expand(shard=shards_to_dedup(fetched, recipe))
+    funnel(deduped, recipe)
 
 
 taisu_pipeline()

@@ -18,6 +18,15 @@ CREATE TABLE domain_state (
     CONSTRAINT pk_domain_state PRIMARY KEY (host)
 );
 
+CREATE TABLE image_band (
+    sample_id BIGINT NOT NULL, 
+    band SMALLINT NOT NULL, 
+    value VARCHAR(16) NOT NULL, 
+    CONSTRAINT pk_image_band PRIMARY KEY (sample_id, band)
+);
+
+CREATE INDEX ix_image_band_band_value ON image_band (band, value);
+
 CREATE TABLE ingest_issue (
     id BIGSERIAL NOT NULL, 
     source TEXT NOT NULL, 

@@ -41,6 +41,8 @@ def run_dag(dag_id: str, conf: dict[str, Any], home: Path, *, quiet: bool = Fals
         res = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True)
         if res.returncode != 0:
             raise TaisuError(f"airflow db migrate failed in {home}: {res.stderr.strip().splitlines()[-1:]}")
+        # The fetch tasks run in this pool (slots = how many shards download at once).
+        subprocess.run([str(airflow), "pools", "set", "fetch", "2", "downloads"], env=env, capture_output=True, text=True, check=True)
     cmd = [sys.executable, "-m", "taisu_etl.airflow_local", dag_id, json.dumps(conf)]
     res = subprocess.run(cmd, env=env, capture_output=quiet, text=True)
     if res.returncode != 0:

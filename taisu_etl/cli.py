@@ -131,6 +131,37 @@ def text_filter_cmd(
     typer.echo(report.summary())
 
 
+@app.command("fetch")
+def fetch_cmd(
+    recipe: RecipeOpt = None,
+    shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
+) -> None:
+    """Download text_ok samples safely and politely; store images, record every failure with its reason."""
+    import logging
+
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.fetch import fetch_shard
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = _settings(recipe)
+    report = fetch_shard(open_ledger(settings), open_store(settings), settings.fetch, settings.image, shard=shard,
+                         lease_seconds=settings.pipeline.lease_seconds)
+    typer.echo(report.summary())
+
+
+@app.command("dedup")
+def dedup_cmd(
+    recipe: RecipeOpt = None,
+    shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
+) -> None:
+    """Image checks and duplicates: fetched samples become image_ok or duplicate (exact and near)."""
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.dedup import dedup_shard
+
+    settings = _settings(recipe)
+    typer.echo(dedup_shard(open_ledger(settings), open_store(settings), settings.image, shard=shard).summary())
+
+
 @app.command("reasons")
 def reasons() -> None:
     """List the closed vocabulary of reason codes the ledger records."""
@@ -168,21 +199,36 @@ def storage_init(recipe: RecipeOpt = None) -> None:
 
 @app.command("demo")
 def demo(recipe: RecipeOpt = None) -> None:
-    """The main job: run the pipeline DAG on the bundled sample data (embedded defaults: SQLite
-    ledger and a local object store under ./var), then print the funnel."""
+    """The main job: start a synthetic web on 127.0.0.1 and run the pipeline DAG on it with embedded
+    defaults (SQLite ledger, local object store under ./var); print the funnel."""
+    import os
+
     from taisu_etl.airflow_local import run_dag
+    from taisu_etl.demo import demo_web, write_demo_sources
     from taisu_etl.reports import format_funnel
     from taisu_etl.services import open_ledger
 
     settings = _settings(recipe)
-    typer.echo(f"ledger: {settings.ledger_url_safe}\nobject store: {settings.store} ({settings.objects_root if settings.store == 'local' else settings.s3_endpoint})")
-    typer.echo("running the taisu_pipeline DAG with Airflow (dag.test) on examples/sample/ ...")
-    conf = {"recipe": str(recipe.resolve()) if recipe else ""}
-    run_dag("taisu_pipeline", conf, settings.home / "airflow")
+    with demo_web() as web:
+        sources = write_demo_sources(web, settings.home / "demo")
+        # The one loopback host the fetcher may use; every other local or private address stays refused.
+        os.environ["TAISU_FETCH__ALLOW_LOOPBACK"] = json.dumps([web.netloc])
+        os.environ.setdefault("TAISU_FETCH__PER_HOST_RATE", "200")
+        os.environ.setdefault("TAISU_FETCH__PER_HOST_CONCURRENCY", "16")
+        os.environ.setdefault("TAISU_FETCH__DEADLINE_S", "5")
+        typer.echo(f"synthetic web: {web.base_url}  (URL lists in {settings.home / 'demo'})")
+        typer.echo(f"ledger: {settings.ledger_url_safe}\nobject store: {settings.store} "
+                   f"({settings.objects_root if settings.store == 'local' else settings.s3_endpoint})")
+        typer.echo("running the taisu_pipeline DAG with Airflow (dag.test) ...")
+        conf = {"sources": [str(p.resolve()) for p in sources], "recipe": str(recipe.resolve()) if recipe else ""}
+        run_dag("taisu_pipeline", conf, settings.home / "airflow")
     ledger = open_ledger(settings)
-    typer.echo("\nfunnel:")
+    typer.echo("\nfunnel (how many samples each stage kept, and why the rest were dropped):")
     typer.echo(format_funnel(ledger.funnel(), ledger.reason_counts()))
-    typer.echo(f"\nask the ledger: sqlite3 {settings.home / 'ledger.db'} 'SELECT * FROM v_rejections'" if settings.store == "local" and settings.db_url is None else "")
+    if settings.db_url is None:
+        typer.echo(f"\nask the ledger:   sqlite3 {settings.home / 'ledger.db'} 'SELECT * FROM v_rejections'")
+    if settings.store == "local":
+        typer.echo(f"stored images:    {settings.objects_root / 'images'}")
 
 
 def main() -> None:

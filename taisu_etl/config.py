@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 
 from taisu_etl.errors import ConfigError
+from taisu_etl.fetch.settings import FetchSettings
+from taisu_etl.images.config import ImageConfig
 from taisu_etl.text.config import TextFilterConfig
 
 
@@ -50,6 +52,8 @@ class Settings(BaseSettings):
     recipe_version: str = Field("default", description="recorded on every ledger event")
     pipeline: PipelineConfig = PipelineConfig()
     text: TextFilterConfig = TextFilterConfig()
+    fetch: FetchSettings = FetchSettings()
+    image: ImageConfig = ImageConfig()
 
     @model_validator(mode="after")
     def _s3_needs_endpoint(self) -> "Settings":

@@ -84,13 +84,43 @@ def text_filter(shard: int, recipe: str | None = None, context: Mapping[str, Any
     return report.as_dict()
 
 
-def shards_in(state: str, recipe: str | None = None) -> list[int]:
-    """The shards a mapped stage task must cover: those with samples waiting in `state`."""
+def fetch(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.fetch import fetch_shard
+
+    settings = load_settings(recipe or None)
+    ledger = open_ledger(settings)
+    try:
+        report = fetch_shard(ledger, open_store(settings), settings.fetch, settings.image, shard=shard,
+                             ctx=_ctx(context, settings.recipe_version), lease_seconds=settings.pipeline.lease_seconds)
+    finally:
+        ledger.dispose()
+    log.info("%s", report.summary())
+    return report.as_dict()
+
+
+def dedup(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.dedup import dedup_shard
+
+    settings = load_settings(recipe or None)
+    ledger = open_ledger(settings)
+    try:
+        report = dedup_shard(ledger, open_store(settings), settings.image, shard=shard, ctx=_ctx(context, settings.recipe_version))
+    finally:
+        ledger.dispose()
+    log.info("%s", report.summary())
+    return report.as_dict()
+
+
+def shards_in(states: str | list[str], recipe: str | None = None) -> list[int]:
+    """The shards a mapped stage task must cover: those with samples waiting in any of `states`."""
     from taisu_etl.services import open_ledger
 
     ledger = open_ledger(load_settings(recipe or None))
     try:
-        return ledger.shards_with(State(state))
+        wanted = [states] if isinstance(states, str) else states
+        return sorted({shard for s in wanted for shard in ledger.shards_with(State(s))})
     finally:
         ledger.dispose()
 

@@ -251,18 +251,21 @@ class Ledger:
         never get the same sample (`FOR UPDATE SKIP LOCKED` on Postgres; the write lock on SQLite).
         Samples whose `next_attempt_at` is in the future are not due and are skipped too.
         """
-        bad = set(columns) - {c.name for c in sample.columns}
+        wide = {c.name for c in sample.columns}
+        narrow = {c.name for c in sample_state.columns} - {"sample_id"}
+        bad = set(columns) - wide - narrow
         if bad:
             raise ValueError(f"unknown sample columns: {sorted(bad)}")
         if self.is_postgres:
             where = "state = :state AND (lease_until IS NULL OR lease_until < now()) AND (next_attempt_at IS NULL OR next_attempt_at <= now())"
             if shard is not None:
                 where = "shard = :shard AND " + where
+            picked = ", ".join(f"s.{c}" if c in wide else f"c.{c}" for c in columns)
             sql = sa.text(
                 "WITH c AS (UPDATE sample_state st SET lease_owner = :owner, lease_until = now() + make_interval(secs => :lease) "
                 f"FROM (SELECT sample_id FROM sample_state WHERE {where} ORDER BY sample_id LIMIT :limit FOR UPDATE SKIP LOCKED) f "
-                "WHERE st.sample_id = f.sample_id RETURNING st.sample_id) "
-                f"SELECT {', '.join('s.' + c for c in columns)} FROM sample s JOIN c ON s.id = c.sample_id ORDER BY s.id"
+                "WHERE st.sample_id = f.sample_id RETURNING st.*) "
+                f"SELECT {picked} FROM sample s JOIN c ON s.id = c.sample_id ORDER BY s.id"
             )
             with self._begin() as conn:
                 rows = conn.execute(sql, {"state": state.value, "shard": shard, "owner": owner, "lease": lease_seconds, "limit": limit}).mappings().all()
@@ -283,9 +286,9 @@ class Ledger:
                 conn.execute(
                     sa.update(sample_state).where(st.sample_id.in_(chunk)).values(lease_owner=owner, lease_until=now + timedelta(seconds=lease_seconds))
                 )
-                rows.extend(
-                    dict(r) for r in conn.execute(sa.select(*[sample.c[c] for c in columns]).where(sample.c.id.in_(chunk)).order_by(sample.c.id)).mappings()
-                )
+                picked = [sample.c[c] if c in wide else sample_state.c[c] for c in columns]
+                query = sa.select(*picked).join(sample_state, st.sample_id == sample.c.id).where(sample.c.id.in_(chunk)).order_by(sample.c.id)
+                rows.extend(dict(r) for r in conn.execute(query).mappings())
         return rows
 
     def release_claims(self, owner: str) -> int:

@@ -124,6 +124,18 @@ ingest_issue = sa.Table(
     sa.UniqueConstraint("source", "position", "reason"),
 )
 
+# Bands of each stored image's 64-bit perceptual hash. Two hashes within Hamming distance d share
+# at least one of d+1 bands exactly (pigeonhole), so near-duplicate candidates are an index lookup.
+image_band = sa.Table(
+    "image_band",
+    metadata,
+    sa.Column("sample_id", BigId, nullable=False),
+    sa.Column("band", sa.SmallInteger, nullable=False),
+    sa.Column("value", sa.String(16), nullable=False),
+    sa.PrimaryKeyConstraint("sample_id", "band"),
+    sa.Index("ix_image_band_band_value", "band", "value"),
+)
+
 release = sa.Table(
     "release",
     metadata,

@@ -150,11 +150,10 @@ def address_allowed(addr: IPAddress, host: str, port: int, allow_loopback: froze
         return True
     if not allow_loopback or not _is_loopback(addr):
         return False
+    # Only the host as written in the URL counts: "localhost:PORT" or any other name that happens
+    # to resolve to an allowlisted loopback address is refused unless it is listed itself.
     name = host.lower().rstrip(".").strip("[]")
-    return (
-        _host_port_key(addr.compressed, port) in allow_loopback
-        or _host_port_key(name, port) in allow_loopback
-    )
+    return _host_port_key(name, port) in allow_loopback
 
 
 # A host made only of numbers in the forms inet_aton accepts (decimal, 0-octal, 0x-hex, 1 to 4

@@ -32,6 +32,15 @@ def upgrade() -> None:
     sa.Column('details', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=True),
     sa.PrimaryKeyConstraint('host', name=op.f('pk_domain_state'))
     )
+    op.create_table('image_band',
+    sa.Column('sample_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('band', sa.SmallInteger(), nullable=False),
+    sa.Column('value', sa.String(length=16), nullable=False),
+    sa.PrimaryKeyConstraint('sample_id', 'band', name=op.f('pk_image_band'))
+    )
+    with op.batch_alter_table('image_band', schema=None) as batch_op:
+        batch_op.create_index('ix_image_band_band_value', ['band', 'value'], unique=False)
+
     op.create_table('ingest_issue',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('source', sa.Text(), nullable=False),
@@ -196,4 +205,8 @@ def downgrade() -> None:
     op.drop_table('sample')
     op.drop_table('release')
     op.drop_table('ingest_issue')
+    with op.batch_alter_table('image_band', schema=None) as batch_op:
+        batch_op.drop_index('ix_image_band_band_value')
+
+    op.drop_table('image_band')
     op.drop_table('domain_state')

@@ -1,0 +1,478 @@
+"""Decode images in worker processes, so a decoder that crashes or hangs costs one sample.
+
+Pillow's decoders are C code fed with untrusted bytes. A segfault, an abort or an endless loop
+in one of them must not take the fetch worker down, so `normalise_image` runs in child
+processes that the pool owns one by one (not a `ProcessPoolExecutor`, which can neither say
+which task broke it nor stop one task that hangs):
+
+- each worker gets a short chunk of images over its own pipe and answers image by image, so
+  when it dies the image it was working on is known: that sample gets
+  `ImageRejection("decode_error", "decoder crashed ...")` and the rest of its chunk goes back
+  to the front of the queue;
+- the image at the head of each worker has a deadline; past it the worker is killed
+  (`"decoder timed out ..."`) and replaced;
+- a worker is also replaced after `max_tasks_per_worker` images, which bounds what a slow leak
+  or heap fragmentation from large images can cost.
+
+Only bytes travel to a worker and only the result travels back. A dispatcher thread does all
+the bookkeeping, so `submit` can be called from any thread and awaited from asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any, Final, TypeAlias
+
+from taisu_etl.images.config import ImageConfig
+from taisu_etl.images.decode import normalise_image, warm_up
+from taisu_etl.images.results import ImageRejection, NormalisedImage
+
+DecodeResult: TypeAlias = NormalisedImage | ImageRejection
+DecodeFn: TypeAlias = Callable[[bytes, ImageConfig], DecodeResult]
+
+# Workers that die before saying "ready" this many times in a row mean a broken environment
+# (an import error, no memory), not a bad image; the pool stops instead of respawning forever.
+_MAX_STARTUP_FAILURES: Final = 3
+_READY: Final = "ready"
+
+
+@dataclass
+class _Task:
+    data: bytes
+    future: Future[DecodeResult]
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    inflight: deque[_Task] = field(default_factory=deque)  # sent, unanswered, in worker order
+    head_started: float = 0.0  # monotonic time the worker began inflight[0]
+    done: int = 0
+
+
+@dataclass
+class PoolStats:
+    """Counters for reports: how often isolation was needed."""
+
+    completed: int = 0
+    crashed: int = 0
+    timed_out: int = 0
+    retried: int = 0  # innocent images sent again because their chunk's worker died
+    workers_started: int = 0
+
+
+def default_workers() -> int:
+    """CPUs this process may run on (not the machine's count, which is wrong in containers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+class DecodePool:
+    """Run `fn(data, config)` (default `normalise_image`) in isolated worker processes.
+
+        with DecodePool(config) as pool:
+            results = pool.map(list_of_bytes)          # in order, one result per input
+            result = await pool.decode(data)           # from asyncio
+            future = pool.submit(data)                 # concurrent.futures.Future
+
+    A result is always a `NormalisedImage` or an `ImageRejection`; a crashed or hung decoder
+    becomes `ImageRejection("decode_error", ...)` for that one input. `fn` must be picklable
+    (a module-level function): the workers import it by name.
+    """
+
+    def __init__(
+        self,
+        config: ImageConfig | None = None,
+        *,
+        workers: int | None = None,
+        fn: DecodeFn = normalise_image,
+        timeout_s: float | None = None,
+        chunk_size: int = 8,
+        chunk_bytes: int = 8 << 20,
+        max_tasks_per_worker: int | None = 10_000,
+        initializer: Callable[[], Any] | None = warm_up,
+        mp_context: str | None = None,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise ValueError("workers must be at least 1")
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self.config = config or ImageConfig()
+        self.workers = workers or default_workers()
+        self.timeout_s = timeout_s if timeout_s is not None else self.config.decode_timeout_s
+        self.stats = PoolStats()
+        self._fn = fn
+        self._chunk_size = chunk_size
+        self._chunk_bytes = chunk_bytes
+        self._max_tasks = max_tasks_per_worker
+        self._initializer = initializer
+        # spawn: a fresh interpreter per worker. fork would copy the caller's threads' locks
+        # (aiohttp, the dispatcher itself) into the child. A spawned worker costs about a second
+        # of CPU (interpreter, Pillow, numpy, scipy, warm-up), which is why recycling is rare
+        # (every 10,000 images: well under 1% of their decoding time) and crashes are cheap
+        # enough. As with any spawn pool, a script that builds one needs the
+        # `if __name__ == "__main__":` guard, since workers import the main module.
+        self._ctx = multiprocessing.get_context(mp_context or "spawn")
+
+        self._lock = threading.Lock()
+        self._pending: deque[_Task] = deque()
+        self._closing = False
+        self._broken: str | None = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        # One selector for the pool's life: rebuilding a poll set per wait (what
+        # multiprocessing.connection.wait does) cost more than decoding a small image.
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._workers: list[_Worker] = []
+        self._startup_failures = 0
+        for _ in range(self.workers):
+            self._add_worker()
+        self._thread = threading.Thread(target=self._run, name="decode-pool", daemon=True)
+        self._thread.start()
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def submit(self, data: bytes) -> Future[DecodeResult]:
+        """Queue one image; the future resolves to its result (never to a decoder exception)."""
+        return self._submit_many([data])[0]
+
+    def map(self, datas: Iterable[bytes], timeout: float | None = None) -> list[DecodeResult]:
+        """Decode all inputs and return their results in input order.
+
+        `timeout` bounds the whole call (TimeoutError); per-image limits are the pool's own.
+        """
+        futures = self._submit_many(datas)
+        if timeout is None:
+            return [f.result() for f in futures]
+        deadline = time.monotonic() + timeout
+        return [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+
+    async def decode(self, data: bytes) -> DecodeResult:
+        """`submit` for asyncio code: awaits without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit(data))
+
+    def close(self, *, cancel_pending: bool = False) -> None:
+        """Finish queued work (or cancel it) and stop the workers. Idempotent."""
+        with self._lock:
+            self._closing = True
+            if cancel_pending:
+                while self._pending:
+                    self._pending.popleft().future.cancel()
+        self._wake()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(cancel_pending=exc[0] is not None)
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def _submit_many(self, datas: Iterable[bytes]) -> list[Future[DecodeResult]]:
+        tasks = [_Task(bytes(d), Future()) for d in datas]
+        with self._lock:
+            if self._closing:
+                raise RuntimeError("DecodePool is closed")
+            if self._broken:
+                raise RuntimeError(self._broken)
+            self._pending.extend(tasks)
+        self._wake()
+        return [t.future for t in tasks]
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already a wake-up byte waiting, or closed
+
+    # -- dispatcher thread --------------------------------------------------------------------
+
+    def _add_worker(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(
+            target=_worker_main,
+            args=(child, self._fn, self.config, self._initializer),
+            name="taisu-decode",
+            daemon=True,
+        )
+        process.start()
+        child.close()
+        self.stats.workers_started += 1
+        w = _Worker(process, parent)
+        self._selector.register(parent, selectors.EVENT_READ, ("conn", w))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, ("died", w))
+        self._workers.append(w)
+
+    def _remove_worker(self, w: _Worker) -> None:
+        """Forget a worker, killing it if it still runs. Unregister before closing: a closed
+        descriptor's number may be reused by the next pipe."""
+        self._workers.remove(w)
+        self._selector.unregister(w.conn)
+        self._selector.unregister(w.process.sentinel)
+        w.conn.close()
+        if w.process.is_alive():
+            w.process.kill()
+        w.process.join(timeout=5.0)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._closing and not self._pending and not self._busy():
+                        break
+                self._dispatch()
+                self._wait_once()
+        except _PoolBroken:
+            pass  # callers already have their error from _fail_everything
+        except BaseException as exc:  # noqa: BLE001 - never leave callers waiting forever
+            self._fail_everything(f"decode pool stopped: {type(exc).__name__}: {exc}")
+        finally:
+            self._stop_workers()
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _busy(self) -> bool:
+        return any(w.inflight for w in self._workers)
+
+    def _dispatch(self) -> None:
+        """Give each idle, ready worker a chunk sized to spread the queue over all workers."""
+        for w in list(self._workers):  # _replace swaps entries
+            if not w.ready or w.inflight:
+                continue
+            size = 0
+            with self._lock:
+                if not self._pending:
+                    return
+                n = max(1, min(self._chunk_size, len(self._pending) // (2 * len(self._workers))))
+                # A task moves straight from the queue to the worker's in-flight list, so at
+                # every moment it is in one of the two and `_fail_everything` can find it.
+                while self._pending and len(w.inflight) < n and (not w.inflight or size < self._chunk_bytes):
+                    task = self._pending.popleft()
+                    # A task sent round again after a crash is already running.
+                    if task.future.running() or task.future.set_running_or_notify_cancel():
+                        w.inflight.append(task)
+                        size += len(task.data)
+            if not w.inflight:
+                continue
+            w.head_started = time.monotonic()
+            try:
+                w.conn.send([t.data for t in w.inflight])
+            except (OSError, ValueError):
+                # Died before reading: nothing of the chunk was attempted, so nothing is its fault.
+                self._requeue(w.inflight)
+                w.inflight.clear()
+                self._replace(w)
+
+    def _wait_once(self) -> None:
+        now = time.monotonic()
+        deadlines = [w.head_started + self.timeout_s for w in self._workers if w.inflight]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                self._drain_wake()
+                continue
+            kind, w = key.data
+            if w not in self._workers:
+                continue  # replaced earlier in this same batch of events
+            if kind == "conn":
+                self._receive(w)
+            else:
+                self._on_death(w)
+        now = time.monotonic()
+        for w in list(self._workers):
+            if w.inflight and now >= w.head_started + self.timeout_s:
+                self._on_timeout(w)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _receive(self, w: _Worker) -> None:
+        # One message per wake-up: Connection.poll() builds a new selector per call, which
+        # costs more than going round the loop to the pool's epoll.
+        try:
+            message = w.conn.recv()
+            if message == _READY:
+                w.ready = True
+                self._startup_failures = 0
+            else:
+                self._complete(w, message)
+        except (EOFError, OSError):
+            self._on_death(w)
+            return
+        if (
+            not w.inflight
+            and self._max_tasks is not None
+            and w.done >= self._max_tasks
+            and not self._closing
+        ):
+            self._retire(w)
+
+    def _complete(self, w: _Worker, result: DecodeResult) -> None:
+        task = w.inflight.popleft()
+        w.done += 1
+        w.head_started = time.monotonic()
+        self.stats.completed += 1
+        self._startup_failures = 0
+        task.future.set_result(result)
+
+    def _on_death(self, w: _Worker) -> None:
+        # Results written before the worker died are still in the pipe: collect them first, so
+        # the image blamed is the one it was really working on.
+        try:
+            while w.inflight and w.conn.poll():
+                message = w.conn.recv()
+                if message == _READY:
+                    w.ready = True
+                    continue
+                self._complete(w, message)
+        except (EOFError, OSError):
+            pass
+        w.process.join(timeout=1.0)
+        if w.inflight:
+            self.stats.crashed += 1
+            culprit = w.inflight.popleft()
+            culprit.future.set_result(
+                ImageRejection("decode_error", f"decoder crashed ({_exit_text(w.process.exitcode)})")
+            )
+            self._requeue(w.inflight)
+            w.inflight.clear()
+        elif not w.ready:
+            self._startup_failures += 1
+            if self._startup_failures >= _MAX_STARTUP_FAILURES:
+                self._remove_worker(w)
+                self._fail_everything(
+                    f"decode workers die at start-up ({_exit_text(w.process.exitcode)}); "
+                    "see their stderr"
+                )
+                raise _PoolBroken
+        self._replace(w)
+
+    def _on_timeout(self, w: _Worker) -> None:
+        self.stats.timed_out += 1
+        w.process.kill()
+        w.process.join(timeout=5.0)
+        culprit = w.inflight.popleft()
+        culprit.future.set_result(
+            ImageRejection("decode_error", f"decoder timed out after {self.timeout_s:g} s")
+        )
+        self._requeue(w.inflight)
+        w.inflight.clear()
+        self._replace(w)
+
+    def _requeue(self, tasks: Iterable[_Task]) -> None:
+        """Put innocent tasks back at the front of the queue, in their original order."""
+        tasks = list(tasks)
+        self.stats.retried += len(tasks)
+        with self._lock:
+            self._pending.extendleft(reversed(tasks))
+
+    def _replace(self, w: _Worker) -> None:
+        self._remove_worker(w)
+        self._add_worker()
+
+    def _retire(self, w: _Worker) -> None:
+        """Swap a worker that has done its share for a fresh one, without blaming anything."""
+        try:
+            w.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        w.process.join(timeout=2.0)
+        self._replace(w)
+
+    def _fail_everything(self, why: str) -> None:
+        with self._lock:
+            self._broken = why
+            tasks = list(self._pending)
+            self._pending.clear()
+        for w in self._workers:
+            tasks.extend(w.inflight)
+            w.inflight.clear()
+        for t in tasks:
+            if not t.future.done():
+                # A task still queued was never started; set_result needs it marked running.
+                if not t.future.running():
+                    t.future.set_running_or_notify_cancel()
+                if not t.future.done():
+                    t.future.set_exception(RuntimeError(why))
+
+    def _stop_workers(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        deadline = time.monotonic() + 5.0
+        for w in self._workers:
+            w.process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for w in list(self._workers):
+            self._remove_worker(w)
+
+
+class _PoolBroken(Exception):
+    """Raised inside the dispatcher to stop it after `_fail_everything`."""
+
+
+def _worker_main(
+    conn: Connection,
+    fn: DecodeFn,
+    config: ImageConfig,
+    initializer: Callable[[], Any] | None,
+) -> None:
+    # Ctrl-C goes to the whole process group; the parent decides what happens to its workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if initializer is not None:
+        initializer()
+    conn.send(_READY)
+    while True:
+        try:
+            chunk = conn.recv()
+        except (EOFError, OSError):
+            return
+        if chunk is None:
+            return
+        for data in chunk:
+            try:
+                result: object = fn(data, config)
+            except Exception as exc:  # noqa: BLE001 - a raising fn costs this sample only
+                result = ImageRejection("decode_error", f"decoder raised {type(exc).__name__}: {exc}"[:200])
+            try:
+                conn.send(result)
+            except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+                conn.send(ImageRejection("decode_error", f"result not sendable: {type(exc).__name__}"))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

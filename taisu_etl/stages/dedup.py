@@ -1,0 +1,101 @@
+"""Image stage: `fetched` samples become `image_ok`, `duplicate` or `image_rejected`.
+
+Exact duplicates share a sha256 (of the normalised bytes); near duplicates have perceptual hashes
+within `phash_distance` bits, found through the hash bands the fetch stage recorded. A duplicate is
+linked (`duplicate_of`) to the smallest-id sample holding the image, whatever its shard, so the
+result does not depend on which shard ran first. Run it after every fetch task of the run.
+
+Samples whose bytes came from an archive (TaiSu's release) were never decoded: they are decoded,
+checked and re-encoded here, exactly as fetched images are.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from taisu_etl.db.context import RunContext
+from taisu_etl.db.image_index import add_bands, band_candidates, first_with_sha256
+from taisu_etl.db.ledger import Ledger, Outcome
+from taisu_etl.images import ImageConfig, ImageRejection, normalise_image
+from taisu_etl.images.dedup import hamming, phash_bands
+from taisu_etl.storage import ObjectStore
+from taisu_etl.vocab import Stage, State
+
+_COLUMNS = ("id", "sha256", "phash", "width", "object_key")
+
+
+@dataclass
+class DedupReport:
+    shard: int | None
+    seen: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        where = f"shard {self.shard}" if self.shard is not None else "all shards"
+        why = ", ".join(f"{r} {n:,}" for r, n in self.reasons.most_common() if r != "ok")
+        return f"image checks and dedup, {where}: {self.seen:,} images, {self.reasons.get('ok', 0):,} kept; {why or 'no duplicates'}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "seen": self.seen, "reasons": dict(self.reasons), "seconds": round(self.seconds, 3)}
+
+
+def _normalise_archived(row: dict[str, Any], store: ObjectStore, image: ImageConfig) -> Outcome | dict[str, Any]:
+    """Decode an archived image; returns a rejection, or the row with its normalised image's fields."""
+    decoded = normalise_image(store.get(row["object_key"]), image, apply_checks=True)
+    if isinstance(decoded, ImageRejection):
+        to = State.IMAGE_REJECTED if decoded.reason in ("too_small", "bad_aspect") else State.FETCH_FAILED
+        return Outcome(row["id"], to, decoded.reason, {"image": decoded.detail, "archived": row["object_key"]})
+    put = store.put_image(decoded.jpeg)
+    fields = {"object_key": put.key, "sha256": decoded.sha256, "phash": decoded.phash, "width": decoded.width,
+              "height": decoded.height, "bytes": put.size, "format": decoded.source_format}
+    return {**row, **fields, "_updates": fields}
+
+
+def dedup_shard(
+    ledger: Ledger, store: ObjectStore, image: ImageConfig, *, shard: int | None = None, ctx: RunContext | None = None,
+    batch_size: int = 2000,
+) -> DedupReport:
+    report = DedupReport(shard=shard)
+    started = time.perf_counter()
+    bands_n = image.phash_distance + 1
+    after = 0
+    while rows := ledger.scan(state=State.FETCHED, shard=shard, after_id=after, limit=batch_size, columns=_COLUMNS):
+        after = rows[-1]["id"]
+        outcomes: list[Outcome] = []
+        ready: list[dict[str, Any]] = []
+        for row in rows:
+            if row["width"] is None and row["object_key"]:
+                result = _normalise_archived(row, store, image)
+                if isinstance(result, Outcome):
+                    outcomes.append(result)
+                    continue
+                add_bands(ledger, [(row["id"], phash_bands(result["phash"], bands_n))])
+                row = result
+            ready.append(row)
+        first = first_with_sha256(ledger, (r["sha256"] for r in ready))
+        wanted = {(i, v) for r in ready if r["phash"] for i, v in enumerate(phash_bands(r["phash"], bands_n))}
+        candidates = band_candidates(ledger, wanted)
+        for row in ready:
+            updates = row.pop("_updates", {})
+            earliest = first.get(row["sha256"])
+            if earliest is not None and earliest < row["id"]:
+                outcomes.append(Outcome(row["id"], State.DUPLICATE, "duplicate", {"of": earliest}, {**updates, "duplicate_of": earliest}))
+                continue
+            near = sorted(
+                (cid, d) for cid, ph in candidates
+                if cid < row["id"] and row["phash"] and (d := hamming(ph, row["phash"])) <= image.phash_distance
+            )
+            if near:
+                cid, distance = near[0]
+                outcomes.append(Outcome(row["id"], State.DUPLICATE, "near_duplicate", {"of": cid, "distance": distance},
+                                        {**updates, "duplicate_of": cid}))
+                continue
+            outcomes.append(Outcome(row["id"], State.IMAGE_OK, "ok", None, updates))
+        report.reasons.update(ledger.apply(outcomes, from_state=State.FETCHED, stage=Stage.IMAGE, ctx=ctx))
+        report.seen += len(rows)
+    report.seconds = time.perf_counter() - started
+    return report

@@ -1,0 +1,212 @@
+"""Fetch stage: `text_ok` (and due `fetch_retry`) samples become stored images or reason-coded failures.
+
+Per shard, streaming: a claimer leases batches of samples, `concurrency` workers fetch them through
+the guarded `Fetcher`, images are decoded and re-encoded in a process pool (size checks run on the
+header, before decoding), checked against the blocklist, stored under their sha256, and every
+outcome is written to the ledger in batches, one event per sample:
+
+- `fetched`       stored (object key, sha256, perceptual hash, sizes, HTTP details)
+- `expired`       404 / 410 / NXDOMAIN: the URL is gone
+- `fetch_retry`   a transient failure; due again after exponential back-off (Retry-After honoured)
+- `fetch_failed`  a permanent failure, an opt-out (robots.txt, X-Robots-Tag: noai), the blocklist,
+                  not an image, a decoder failure, or transient failures past `max_attempts`
+- `image_rejected` too small or too elongated (nothing stored)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from taisu_etl.db.context import RunContext
+from taisu_etl.db.domains import load_host_states, save_host_states
+from taisu_etl.db.image_index import add_bands, blocklist_values
+from taisu_etl.db.ledger import Ledger, Outcome
+from taisu_etl.fetch import Fetcher, FetchResult
+from taisu_etl.fetch.settings import FetchSettings
+from taisu_etl.images import DecodePool, ImageConfig, ImageRejection, NormalisedImage, normalise_image
+from taisu_etl.images.dedup import NearDuplicateIndex, phash_bands
+from taisu_etl.storage import ObjectStore
+from taisu_etl.urls import normalise_url
+from taisu_etl.vocab import Stage, State
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = ("id", "url", "attempts")
+_IMAGE_CHECK_REASONS = {"too_small", "bad_aspect"}
+
+
+@dataclass
+class FetchReport:
+    shard: int | None
+    claimed: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    states: Counter[str] = field(default_factory=Counter)
+    bytes_stored: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        where = f"shard {self.shard}" if self.shard is not None else "all shards"
+        rate = self.claimed / self.seconds if self.seconds else 0.0
+        why = ", ".join(f"{r} {n:,}" for r, n in self.reasons.most_common() if r != "ok")
+        return (f"fetch, {where}: {self.claimed:,} samples in {self.seconds:.1f} s ({rate:,.0f}/s): "
+                f"{self.states.get('fetched', 0):,} stored ({self.bytes_stored / 1e6:.1f} MB); {why or 'no failures'}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "claimed": self.claimed, "reasons": dict(self.reasons), "states": dict(self.states),
+                "bytes_stored": self.bytes_stored, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class _Blocklist:
+    urls: set[str]
+    sha256: set[str]
+    phash: NearDuplicateIndex[str]
+
+    @classmethod
+    def load(cls, ledger: Ledger, max_distance: int) -> "_Blocklist":
+        index: NearDuplicateIndex[str] = NearDuplicateIndex(max_distance)
+        for value in blocklist_values(ledger, "phash"):
+            index.add(value, value)
+        return cls(blocklist_values(ledger, "url"), blocklist_values(ledger, "sha256"), index)
+
+
+def _failure(row: dict[str, Any], res: FetchResult, settings: FetchSettings, now: datetime) -> Outcome:
+    """Where a failed fetch leaves a sample: expired, failed for good, or due again later."""
+    details = res.details()
+    attempts = row["attempts"] + (0 if res.reason == "host_backoff" else 1)
+    updates: dict[str, Any] = {"attempts": attempts, "http_status": res.status}
+    assert res.reason is not None
+    if res.expired:
+        return Outcome(row["id"], State.EXPIRED, res.reason, details, updates)
+    if res.permanent:
+        return Outcome(row["id"], State.FETCH_FAILED, res.reason, details, updates)
+    if attempts >= settings.max_attempts:
+        return Outcome(row["id"], State.FETCH_FAILED, "retries_exhausted", {**details, "last_reason": res.reason, "attempts": attempts}, updates)
+    wait = max(res.retry_after_s or 0.0, settings.retry_base_s * 2 ** max(attempts - 1, 0))
+    updates["next_attempt_at"] = now + timedelta(seconds=wait)
+    return Outcome(row["id"], State.FETCH_RETRY, res.reason, {**details, "retry_in_s": round(wait, 1)}, updates)
+
+
+class _ShardFetch:
+    """One shard's fetch run: claimer -> workers -> batched ledger writes."""
+
+    def __init__(self, ledger: Ledger, store: ObjectStore, settings: FetchSettings, image: ImageConfig, *,
+                 shard: int | None, owner: str, ctx: RunContext | None, lease_seconds: int, decode_workers: int | None) -> None:
+        self.ledger, self.store, self.settings, self.image = ledger, store, settings, image
+        self.shard, self.owner, self.ctx, self.lease_seconds = shard, owner, ctx, lease_seconds
+        self.decode_workers = decode_workers
+        self.report = FetchReport(shard=shard)
+        self.pending: dict[State, list[Outcome]] = {State.TEXT_OK: [], State.FETCH_RETRY: []}
+        self.bands: list[tuple[int, list[str]]] = []
+        self.write_lock = asyncio.Lock()
+
+    async def run(self) -> FetchReport:
+        started = time.perf_counter()
+        self.blocked = await asyncio.to_thread(_Blocklist.load, self.ledger, self.image.phash_distance)
+        queue: asyncio.Queue[tuple[State, dict[str, Any]] | None] = asyncio.Queue(maxsize=2 * self.settings.batch_size)
+        decode = functools.partial(normalise_image, apply_checks=True)
+        with DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s) as pool:
+            self.pool = pool
+            async with Fetcher(self.settings.policy()) as fetcher:
+                fetcher.restore_domain_states(await asyncio.to_thread(load_host_states, self.ledger))
+                self.fetcher = fetcher
+                workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.settings.concurrency)]
+                try:
+                    await self._claim_into(queue)
+                finally:
+                    for _ in workers:
+                        await queue.put(None)
+                    await asyncio.gather(*workers)
+                    await self._flush(force=True)
+                    await asyncio.to_thread(save_host_states, self.ledger, fetcher.domain_states())
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    async def _claim_into(self, queue: asyncio.Queue[tuple[State, dict[str, Any]] | None]) -> None:
+        for state in (State.TEXT_OK, State.FETCH_RETRY):
+            while rows := await asyncio.to_thread(
+                self.ledger.claim, state=state, owner=self.owner, shard=self.shard, limit=self.settings.batch_size,
+                lease_seconds=self.lease_seconds, columns=_COLUMNS,
+            ):
+                self.report.claimed += len(rows)
+                for row in rows:
+                    await queue.put((state, row))
+
+    async def _worker(self, queue: asyncio.Queue[tuple[State, dict[str, Any]] | None]) -> None:
+        while (item := await queue.get()) is not None:
+            state, row = item
+            try:
+                outcome = await self._one(row)
+            except Exception as exc:  # a bug must not lose the sample's lease silently: record and retry later
+                log.exception("fetch of sample %s failed", row["id"])
+                outcome = Outcome(row["id"], State.FETCH_RETRY, "connect", {"error": f"{type(exc).__name__}: {exc}"[:500]},
+                                  {"next_attempt_at": datetime.now(timezone.utc) + timedelta(seconds=self.settings.retry_base_s)})
+            self.pending[state].append(outcome)
+            self.report.reasons[outcome.reason] += 1
+            self.report.states[outcome.to_state.value] += 1
+            if len(self.pending[state]) >= 500:
+                await self._flush()
+
+    async def _one(self, row: dict[str, Any]) -> Outcome:
+        sid, url = row["id"], row["url"]
+        now = datetime.now(timezone.utc)
+        if url in self.blocked.urls:
+            return Outcome(sid, State.FETCH_FAILED, "blocklisted", {"by": "url"}, {"attempts": row["attempts"]})
+        res = await self.fetcher.fetch(url)
+        if not res.ok:
+            return _failure(row, res, self.settings, now)
+        assert res.body is not None
+        decoded = await self.pool.decode(res.body)
+        details = res.details()
+        base = {"attempts": row["attempts"] + 1, "http_status": res.status, "fetched_at": now}
+        if isinstance(decoded, ImageRejection):
+            to = State.IMAGE_REJECTED if decoded.reason in _IMAGE_CHECK_REASONS else State.FETCH_FAILED
+            return Outcome(sid, to, decoded.reason, {**details, "image": decoded.detail}, base)
+        assert isinstance(decoded, NormalisedImage)
+        if decoded.sha256 in self.blocked.sha256 or self.blocked.phash.query(decoded.phash):
+            return Outcome(sid, State.FETCH_FAILED, "blocklisted", {**details, "by": "sha256/phash"}, base)
+        if res.final_url != url:
+            try:
+                details["final_url"] = normalise_url(res.final_url)
+            except ValueError:
+                pass
+        put = await asyncio.to_thread(self.store.put_image, decoded.jpeg)
+        self.report.bytes_stored += put.size if put.created else 0
+        self.bands.append((sid, phash_bands(decoded.phash, self.image.phash_distance + 1)))
+        details.update(source_format=decoded.source_format, source_size=[decoded.source_width, decoded.source_height],
+                       source_bytes=decoded.orig_bytes)
+        return Outcome(sid, State.FETCHED, "ok", details, {
+            **base, "object_key": put.key, "sha256": decoded.sha256, "phash": decoded.phash,
+            "width": decoded.width, "height": decoded.height, "bytes": put.size, "format": decoded.source_format,
+        })
+
+    async def _flush(self, force: bool = False) -> None:
+        async with self.write_lock:
+            due = {state: outcomes for state, outcomes in self.pending.items() if outcomes and (force or len(outcomes) >= 500)}
+            for state in due:
+                self.pending[state] = []  # workers append to a fresh list while this batch is written
+            bands, self.bands = self.bands, []
+            # Bands first: a sample becomes a duplicate-detection candidate only once it is `fetched`.
+            if bands:
+                await asyncio.to_thread(add_bands, self.ledger, bands)
+            for state, outcomes in due.items():
+                await asyncio.to_thread(self.ledger.apply, outcomes, from_state=state, stage=Stage.FETCH, owner=self.owner, ctx=self.ctx)
+
+
+def fetch_shard(
+    ledger: Ledger, store: ObjectStore, settings: FetchSettings, image: ImageConfig, *, shard: int | None = None,
+    owner: str | None = None, ctx: RunContext | None = None, lease_seconds: int = 900, decode_workers: int | None = None,
+) -> FetchReport:
+    """Fetch every due sample of `shard` (all shards when None); safe to re-run and to run twice at once."""
+    ctx = ctx or RunContext.from_airflow_env(recipe_version=ledger.recipe_version)
+    owner = owner or f"fetch:{ctx.worker}:{shard}"
+    run = _ShardFetch(ledger, store, settings, image, shard=shard, owner=owner, ctx=ctx, lease_seconds=lease_seconds,
+                      decode_workers=decode_workers)
+    return asyncio.run(run.run())

@@ -1,0 +1,127 @@
+"""DecodePool: results in order, and a crashing or hanging decoder costs one sample only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+from PIL import Image
+
+from taisu_etl.images import (
+    DecodePool,
+    ImageConfig,
+    ImageRejection,
+    NormalisedImage,
+    normalise_image,
+)
+from tests.images.pool_fns import CRASH, HANG, RAISE, crash_or_hang, exit_at_start
+from tests.images.support import encode
+
+CONFIG = ImageConfig(min_side=1)
+# Every map() here is bounded, so a pool bug fails the test instead of hanging the whole suite.
+LIMIT = 60.0
+
+
+def _images(n: int, offset: int = 0) -> list[bytes]:
+    return [encode(Image.new("RGB", (240, 200), (offset + i * 7 % 256, 80, 160)), "JPEG") for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[DecodePool]:
+    with DecodePool(CONFIG, workers=2, fn=crash_or_hang, timeout_s=2.0, chunk_size=4) as p:
+        yield p
+
+
+def test_results_match_in_process_decoding(pool: DecodePool) -> None:
+    datas = _images(20) + [b"<html>", encode(Image.new("RGB", (300, 300)), "PNG")[:100]]
+    expected = [normalise_image(d, CONFIG) for d in datas]
+    assert pool.map(datas, LIMIT) == expected
+    assert isinstance(expected[-2], ImageRejection) and expected[-2].reason == "not_image"
+
+
+def test_crash_and_hang_cost_one_sample_each(pool: DecodePool) -> None:
+    # 16 inputs over 2 workers go out in chunks of 4: the crash and the hang each open a chunk,
+    # so the three images behind each must be sent again, not blamed.
+    good = _images(14)
+    datas = [CRASH] + good[:3] + [HANG] + good[3:]
+    crashed_before, timed_out_before = pool.stats.crashed, pool.stats.timed_out
+    retried_before = pool.stats.retried
+    started = time.monotonic()
+    results = pool.map(datas, LIMIT)
+    assert time.monotonic() - started < 20
+    assert len(results) == len(datas)
+    crash, hang = results[0], results[4]
+    assert isinstance(crash, ImageRejection) and crash.reason == "decode_error"
+    assert crash.detail.startswith("decoder crashed") and "SIGSEGV" in crash.detail
+    assert isinstance(hang, ImageRejection) and hang.reason == "decode_error"
+    assert hang.detail == "decoder timed out after 2 s"
+    rest = results[1:4] + results[5:]
+    assert [r.sha256 for r in rest] == [normalise_image(d, CONFIG).sha256 for d in good]  # type: ignore[union-attr]
+    assert pool.stats.crashed == crashed_before + 1
+    assert pool.stats.timed_out == timed_out_before + 1
+    assert pool.stats.retried >= retried_before + 3  # the crash opened the first chunk of 4
+    # The pool replaced its workers and goes on.
+    after = pool.map(_images(6, offset=50), LIMIT)
+    assert all(isinstance(r, NormalisedImage) for r in after)
+
+
+def test_several_crashes_in_one_chunk() -> None:
+    # One worker, chunks of 8: every crash sends the rest of its chunk round again.
+    good = _images(14, offset=100)
+    datas = [CRASH, good[0], good[1], CRASH] + good[2:]
+    with DecodePool(CONFIG, workers=1, fn=crash_or_hang, chunk_size=8, initializer=None) as pool:
+        results = pool.map(datas, LIMIT)
+        # 16 queued: a chunk of 8 (7 sent again), then of 7 where two finish first (4 again)
+        assert pool.stats.crashed == 2 and pool.stats.retried == 7 + 4
+    crashed = [i for i, r in enumerate(results) if isinstance(r, ImageRejection)]
+    assert crashed == [0, 3]
+    assert all(r.detail.startswith("decoder crashed") for r in results if isinstance(r, ImageRejection))
+    ok = [r.sha256 for r in results if isinstance(r, NormalisedImage)]
+    assert ok == [normalise_image(d, CONFIG).sha256 for d in good]  # type: ignore[union-attr]
+
+
+def test_raising_decoder(pool: DecodePool) -> None:
+    result = pool.submit(RAISE).result(timeout=LIMIT)
+    assert isinstance(result, ImageRejection) and result.reason == "decode_error"
+    assert result.detail == "decoder raised RuntimeError: decoder bug"
+
+
+def test_asyncio(pool: DecodePool) -> None:
+    datas = _images(6, offset=30)
+
+    async def main() -> list[object]:
+        return await asyncio.gather(*(pool.decode(d) for d in datas))
+
+    results = asyncio.run(main())
+    assert [r.sha256 for r in results] == [normalise_image(d, CONFIG).sha256 for d in datas]  # type: ignore[attr-defined]
+
+
+def test_workers_are_recycled() -> None:
+    datas = _images(6)
+    with DecodePool(CONFIG, workers=1, max_tasks_per_worker=3, initializer=None) as pool:
+        results = pool.map(datas, LIMIT)
+        assert pool.stats.workers_started >= 2
+        assert pool.stats.crashed == pool.stats.retried == 0
+    assert [r.sha256 for r in results] == [normalise_image(d, CONFIG).sha256 for d in datas]  # type: ignore[union-attr]
+
+
+def test_workers_that_cannot_start_fail_loudly() -> None:
+    pool = DecodePool(CONFIG, workers=1, initializer=exit_at_start)
+    future = pool.submit(_images(1)[0])
+    with pytest.raises(RuntimeError, match="die at start-up"):
+        future.result(timeout=60)
+    with pytest.raises(RuntimeError):
+        pool.submit(b"x")
+    pool.close()
+
+
+def test_close() -> None:
+    pool = DecodePool(CONFIG, workers=1, initializer=None)
+    future = pool.submit(_images(1)[0])
+    pool.close()  # finishes what was queued
+    assert isinstance(future.result(timeout=0), NormalisedImage)
+    pool.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(b"x")
