@@ -162,6 +162,20 @@ def dedup_cmd(
     typer.echo(dedup_shard(open_ledger(settings), open_store(settings), settings.image, shard=shard).summary())
 
 
+@app.command("recheck")
+def recheck_cmd(
+    recipe: RecipeOpt = None,
+    limit: Annotated[int, typer.Option(help="how many stored samples to check (least recently checked first)")] = 1000,
+    rate: Annotated[float, typer.Option(help="requests per second, overall")] = 10.0,
+) -> None:
+    """Re-validate stored samples' URLs: alive, expired, or changed (recorded as a new candidate)."""
+    from taisu_etl.services import open_ledger
+    from taisu_etl.stages.recheck import recheck
+
+    settings = _settings(recipe)
+    typer.echo(recheck(open_ledger(settings), settings.fetch, settings.image, limit=limit, rate=rate).summary())
+
+
 @app.command("reasons")
 def reasons() -> None:
     """List the closed vocabulary of reason codes the ledger records."""

@@ -8,14 +8,36 @@ from __future__ import annotations
 import glob
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-from taisu_etl.config import load_settings
+from taisu_etl.config import Settings, load_settings
 from taisu_etl.db.context import RunContext
 from taisu_etl.errors import InputError
 from taisu_etl.vocab import State
 
+if TYPE_CHECKING:
+    from taisu_etl.db.ledger import Ledger
+
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def _opened(recipe: str | None) -> Iterator[tuple[Settings, Ledger]]:
+    """The settings and an open ledger for one task; the ledger's connections close afterwards."""
+    from taisu_etl.services import open_ledger
+
+    settings = load_settings(recipe or None)
+    ledger = open_ledger(settings)
+    try:
+        yield settings, ledger
+    finally:
+        ledger.dispose()
+
+
+def _finish(report: Any) -> dict[str, Any]:
+    log.info("%s", report.summary())
+    return report.as_dict()
 
 
 def prepare(sources: list[str], recipe: str | None = None) -> list[str]:
@@ -38,102 +60,68 @@ def prepare(sources: list[str], recipe: str | None = None) -> list[str]:
 
 
 def ingest(path: str, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from taisu_etl.services import open_ledger
     from taisu_etl.stages.ingest import ingest_file
 
-    settings = load_settings(recipe or None)
-    ledger = open_ledger(settings)
-    try:
-        report = ingest_file(ledger, path, ctx=_ctx(context, settings.recipe_version), batch_size=settings.pipeline.batch_size)
-    finally:
-        ledger.dispose()
-    log.info("%s", report.summary())
-    return report.as_dict()
+    with _opened(recipe) as (settings, ledger):
+        return _finish(ingest_file(ledger, path, ctx=_ctx(context, settings.recipe_version), batch_size=settings.pipeline.batch_size))
 
 
 def ingest_taisu(archives: list[str], captions: list[str], recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Ingest TaiSu's released archives (images to the object store); a no-op without archives."""
     if not archives:
         return {"skipped": "no TaiSu archives given"}
-    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.services import open_store
     from taisu_etl.stages.ingest import ingest_taisu as run
 
-    settings = load_settings(recipe or None)
-    ledger, store = open_ledger(settings), open_store(settings)
-    try:
-        report = run(ledger, store, archives, captions, ctx=_ctx(context, settings.recipe_version))
-    finally:
-        ledger.dispose()
-    log.info("%s", report.summary())
-    return report.as_dict()
+    with _opened(recipe) as (settings, ledger):
+        return _finish(run(ledger, open_store(settings), archives, captions, ctx=_ctx(context, settings.recipe_version)))
 
 
 def text_filter(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from taisu_etl.services import open_ledger
     from taisu_etl.stages.text_filter import filter_shard
     from taisu_etl.text import TextFilter
 
-    settings = load_settings(recipe or None)
-    ledger = open_ledger(settings)
-    try:
-        report = filter_shard(ledger, TextFilter(settings.text), shard=shard, ctx=_ctx(context, settings.recipe_version),
-                              batch_size=settings.pipeline.batch_size)
-    finally:
-        ledger.dispose()
-    log.info("%s", report.summary())
-    return report.as_dict()
+    with _opened(recipe) as (settings, ledger):
+        return _finish(filter_shard(ledger, TextFilter(settings.text), shard=shard, ctx=_ctx(context, settings.recipe_version),
+                                    batch_size=settings.pipeline.batch_size))
 
 
 def fetch(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.services import open_store
     from taisu_etl.stages.fetch import fetch_shard
 
-    settings = load_settings(recipe or None)
-    ledger = open_ledger(settings)
-    try:
-        report = fetch_shard(ledger, open_store(settings), settings.fetch, settings.image, shard=shard,
-                             ctx=_ctx(context, settings.recipe_version), lease_seconds=settings.pipeline.lease_seconds)
-    finally:
-        ledger.dispose()
-    log.info("%s", report.summary())
-    return report.as_dict()
+    with _opened(recipe) as (settings, ledger):
+        return _finish(fetch_shard(ledger, open_store(settings), settings.fetch, settings.image, shard=shard,
+                                   ctx=_ctx(context, settings.recipe_version), lease_seconds=settings.pipeline.lease_seconds))
 
 
 def dedup(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.services import open_store
     from taisu_etl.stages.dedup import dedup_shard
 
-    settings = load_settings(recipe or None)
-    ledger = open_ledger(settings)
-    try:
-        report = dedup_shard(ledger, open_store(settings), settings.image, shard=shard, ctx=_ctx(context, settings.recipe_version))
-    finally:
-        ledger.dispose()
-    log.info("%s", report.summary())
-    return report.as_dict()
+    with _opened(recipe) as (settings, ledger):
+        return _finish(dedup_shard(ledger, open_store(settings), settings.image, shard=shard, ctx=_ctx(context, settings.recipe_version)))
+
+
+def recheck(limit: int, rate: float, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.stages.recheck import recheck as run
+
+    with _opened(recipe) as (settings, ledger):
+        return _finish(run(ledger, settings.fetch, settings.image, limit=limit, rate=rate, ctx=_ctx(context, settings.recipe_version)))
 
 
 def shards_in(states: str | list[str], recipe: str | None = None) -> list[int]:
     """The shards a mapped stage task must cover: those with samples waiting in any of `states`."""
-    from taisu_etl.services import open_ledger
-
-    ledger = open_ledger(load_settings(recipe or None))
-    try:
-        wanted = [states] if isinstance(states, str) else states
+    wanted = [states] if isinstance(states, str) else states
+    with _opened(recipe) as (_, ledger):
         return sorted({shard for s in wanted for shard in ledger.shards_with(State(s))})
-    finally:
-        ledger.dispose()
 
 
 def funnel(recipe: str | None = None) -> str:
     from taisu_etl.reports import format_funnel
-    from taisu_etl.services import open_ledger
 
-    ledger = open_ledger(load_settings(recipe or None))
-    try:
+    with _opened(recipe) as (_, ledger):
         text = format_funnel(ledger.funnel(), ledger.reason_counts())
-    finally:
-        ledger.dispose()
     log.info("funnel:\n%s", text)
     return text
 

@@ -102,6 +102,9 @@ REASONS: dict[str, tuple[Stage, str]] = {
     # scoring
     "retrieval_miss": (Stage.SCORE, "TaiSu's rule: neither direction ranked the pair first"),
     "low_score": (Stage.SCORE, "cosine score below the threshold or quantile"),
+    # recheck of stored samples' URLs (the sample's state does not change)
+    "url_alive": (Stage.RECHECK, "the URL still serves the stored image"),
+    "url_changed": (Stage.RECHECK, "the URL serves different bytes now; recorded as a new candidate"),
     # takedown
     "takedown": (Stage.TAKEDOWN, "removed on a rights holder's request"),
 }

@@ -40,7 +40,8 @@ _SQLITE_CHUNK = 500  # stays far below SQLite's bound-parameter limit
 
 @dataclass(frozen=True)
 class NewSample:
-    """A row to add. `identity` stands in for the URL of samples that have none (archived images)."""
+    """A row to add. `identity`, when given, replaces the URL as the pair's key: archived images
+    have no URL, and a recheck's new candidate must not collapse into the sample it came from."""
 
     caption: str
     source: str
@@ -52,7 +53,8 @@ class NewSample:
 
     @property
     def key(self) -> str:
-        key = self.url if self.url is not None else self.identity
+        """What identifies the pair: the explicit identity if any, else the URL."""
+        key = self.identity if self.identity is not None else self.url
         if not key:
             raise ValueError("a sample needs a url or an identity")
         return key
@@ -378,7 +380,8 @@ class Ledger:
         Samples no longer in `from_state` (or, with `owner`, no longer leased to it) are left alone
         and get no event, so a late or duplicate worker cannot apply a decision twice. `details`
         is one mapping for all or one per sample; `updates` maps column names to one value per
-        sample. Leases on moved samples end. Returns how many samples moved.
+        sample. Leases on moved samples end. A move to the same state (an observation such as a
+        recheck) records its event but keeps the sample's `last_reason`. Returns how many moved.
         """
         check_reason(reason)
         n = len(ids)
@@ -409,6 +412,7 @@ class Ledger:
         narrow = "".join(f", {c} = v.u_{c}" for c in cols if c in STATE_UPDATABLE)
         wide = [c for c in cols if c not in STATE_UPDATABLE]
         guard = " AND st.lease_owner = :owner" if owner is not None else ""
+        reason_set = "" if to_state == from_state else "last_reason = :reason, "
         returning = "".join(f", v.u_{c}" for c in wide)
         wide_cte = ""
         if wide:
@@ -416,7 +420,7 @@ class Ledger:
             wide_cte = f"w AS (UPDATE sample s SET {sets}, updated_at = now() FROM moved m WHERE s.id = m.id), "
         sql = sa.text(
             f"WITH v AS (SELECT * FROM unnest({', '.join(arrays)}) AS v({', '.join(names)})), "
-            "moved AS (UPDATE sample_state st SET state = :to_state, last_reason = :reason, updated_at = now(), "
+            f"moved AS (UPDATE sample_state st SET state = :to_state, {reason_set}updated_at = now(), "
             f"lease_owner = NULL, lease_until = NULL{narrow} FROM v "
             f"WHERE st.sample_id = v.id AND st.state = :from_state{guard} RETURNING st.sample_id AS id, v.details{returning}), "
             f"{wide_cte}"
@@ -449,7 +453,8 @@ class Ledger:
                     sa.update(sample_state)
                     .where(st.sample_id == sa.bindparam("b_id"))
                     .values(
-                        state=to_state.value, last_reason=reason, updated_at=sa.func.now(), lease_owner=None, lease_until=None,
+                        state=to_state.value, updated_at=sa.func.now(), lease_owner=None, lease_until=None,
+                        **({} if to_state == from_state else {"last_reason": reason}),
                         **{c: sa.bindparam(f"b_{c}") for c in narrow},
                     ),
                     [{"b_id": i, **{f"b_{c}": upd[c][pos[i]] for c in narrow}} for i in eligible],

@@ -20,6 +20,7 @@ import functools
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -112,7 +113,10 @@ class _ShardFetch:
         self.blocked = await asyncio.to_thread(_Blocklist.load, self.ledger, self.image.phash_distance)
         queue: asyncio.Queue[tuple[State, dict[str, Any]] | None] = asyncio.Queue(maxsize=2 * self.settings.batch_size)
         decode = functools.partial(normalise_image, apply_checks=True)
-        with DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s) as pool:
+        # Object-store PUTs wait on the network: their own threads, as many as requests in flight,
+        # so they neither queue behind ledger writes nor cap throughput at the default pool's size.
+        self.store_io = ThreadPoolExecutor(max_workers=min(self.settings.concurrency, 64), thread_name_prefix="store-put")
+        with self.store_io, DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s) as pool:
             self.pool = pool
             async with Fetcher(self.settings.policy()) as fetcher:
                 fetcher.restore_domain_states(await asyncio.to_thread(load_host_states, self.ledger))
@@ -177,7 +181,7 @@ class _ShardFetch:
                 details["final_url"] = normalise_url(res.final_url)
             except ValueError:
                 pass
-        put = await asyncio.to_thread(self.store.put_image, decoded.jpeg)
+        put = await asyncio.get_running_loop().run_in_executor(self.store_io, self.store.put_image, decoded.jpeg)
         self.report.bytes_stored += put.size if put.created else 0
         self.bands.append((sid, phash_bands(decoded.phash, self.image.phash_distance + 1)))
         details.update(source_format=decoded.source_format, source_size=[decoded.source_width, decoded.source_height],
