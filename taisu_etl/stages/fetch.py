@@ -106,6 +106,7 @@ class _ShardFetch:
         self.report = FetchReport(shard=shard)
         self.pending: dict[State, list[Outcome]] = {State.TEXT_OK: [], State.FETCH_RETRY: []}
         self.bands: list[tuple[int, list[str]]] = []
+        self.stored: dict[str, tuple[str, int]] = {}  # sha256 -> (key, size) stored by this run
         self.write_lock = asyncio.Lock()
 
     async def run(self) -> FetchReport:
@@ -181,14 +182,22 @@ class _ShardFetch:
                 details["final_url"] = normalise_url(res.final_url)
             except ValueError:
                 pass
-        put = await asyncio.get_running_loop().run_in_executor(self.store_io, self.store.put_image, decoded.jpeg)
-        self.report.bytes_stored += put.size if put.created else 0
+        # Content-addressed: an image this run already stored is not sent again, and a new one is
+        # PUT without a HEAD first (half the requests to the object store).
+        if decoded.sha256 in self.stored:
+            key, size = self.stored[decoded.sha256]
+        else:
+            put = await asyncio.get_running_loop().run_in_executor(
+                self.store_io, functools.partial(self.store.put_image, decoded.jpeg, check_existing=False)
+            )
+            key, size = self.stored[decoded.sha256] = (put.key, put.size)
+            self.report.bytes_stored += put.size
         self.bands.append((sid, phash_bands(decoded.phash, self.image.phash_distance + 1)))
         details.update(source_format=decoded.source_format, source_size=[decoded.source_width, decoded.source_height],
                        source_bytes=decoded.orig_bytes)
         return Outcome(sid, State.FETCHED, "ok", details, {
-            **base, "object_key": put.key, "sha256": decoded.sha256, "phash": decoded.phash,
-            "width": decoded.width, "height": decoded.height, "bytes": put.size, "format": decoded.source_format,
+            **base, "object_key": key, "sha256": decoded.sha256, "phash": decoded.phash,
+            "width": decoded.width, "height": decoded.height, "bytes": size, "format": decoded.source_format,
         })
 
     async def _flush(self, force: bool = False) -> None:

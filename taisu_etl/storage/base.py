@@ -109,7 +109,7 @@ class ObjectStore(ABC):
     """
 
     def put_image(
-        self, data: bytes, ext: str = "jpg", content_type: str | None = None
+        self, data: bytes, ext: str = "jpg", content_type: str | None = None, *, check_existing: bool = True
     ) -> PutResult:
         """Store image bytes under their sha256; an already stored copy is not uploaded again.
 
@@ -117,6 +117,11 @@ class ObjectStore(ABC):
         """
         digest = hashlib.sha256(data).hexdigest()
         key = image_key(digest, ext)
+        if not check_existing:
+            # The caller knows the key is new (or does not mind rewriting the same bytes): one
+            # request instead of two. On a versioned bucket a rewrite adds a version of equal bytes.
+            self.put(key, data, content_type=content_type)
+            return PutResult(key=key, sha256=digest, size=len(data), created=True)
         existing = self.stat(key)
         # Same key means same bytes, unless an earlier writer was cut off mid-way on a store
         # without atomic writes; a size mismatch is the cheap tell, and rewriting repairs it.
