@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,15 @@ def airflow_env(home: Path) -> dict[str, str]:
     return env
 
 
-def run_dag(dag_id: str, conf: dict[str, Any], home: Path, *, quiet: bool = False) -> None:
-    """Run one DAG to completion in a child process; raise TaisuError if any task failed."""
+_TASK_DONE = re.compile(r"\[DAG TEST\] end task task_id=(\S+) map_index=(-?\d+)")
+
+
+def run_dag(dag_id: str, conf: dict[str, Any], home: Path, *, quiet: bool = False, log_path: Path | None = None) -> None:
+    """Run one DAG to completion in a child process; raise TaisuError if any task failed.
+
+    Airflow's own output goes to `log_path` (default `<home>/<dag_id>.log`); unless `quiet`, one
+    line per finished task is printed, so a person sees progress without Airflow's log flood.
+    """
     home.mkdir(parents=True, exist_ok=True)
     env = airflow_env(home)
     if not (home / "airflow.db").exists():
@@ -43,11 +51,24 @@ def run_dag(dag_id: str, conf: dict[str, Any], home: Path, *, quiet: bool = Fals
             raise TaisuError(f"airflow db migrate failed in {home}: {res.stderr.strip().splitlines()[-1:]}")
         # The fetch tasks run in this pool (slots = how many shards download at once).
         subprocess.run([str(airflow), "pools", "set", "fetch", "2", "downloads"], env=env, capture_output=True, text=True, check=True)
+    log_path = log_path or home / f"{dag_id}.log"
     cmd = [sys.executable, "-m", "taisu_etl.airflow_local", dag_id, json.dumps(conf)]
-    res = subprocess.run(cmd, env=env, capture_output=quiet, text=True)
-    if res.returncode != 0:
-        tail = (res.stderr or "").strip().splitlines()[-3:] if quiet else []
-        raise TaisuError(f"DAG {dag_id} did not succeed (see the task logs above){': ' + ' | '.join(tail) if tail else ''}")
+    tail: list[str] = []
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-20:]
+            done = _TASK_DONE.search(line)
+            if done and not quiet:
+                task, index = done.groups()
+                print(f"  done: {task}" + (f" [{index}]" if index != "-1" else ""), flush=True)
+        code = proc.wait()
+    if code != 0:
+        shown = "\n".join(tail[-8:]) if not quiet else " | ".join(tail[-3:])
+        raise TaisuError(f"DAG {dag_id} did not succeed; the whole log is in {log_path}; its end:\n{shown}")
 
 
 def _child(dag_id: str, conf_json: str) -> int:

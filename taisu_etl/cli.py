@@ -233,7 +233,7 @@ def demo(recipe: RecipeOpt = None) -> None:
         typer.echo(f"synthetic web: {web.base_url}  (URL lists in {settings.home / 'demo'})")
         typer.echo(f"ledger: {settings.ledger_url_safe}\nobject store: {settings.store} "
                    f"({settings.objects_root if settings.store == 'local' else settings.s3_endpoint})")
-        typer.echo("running the taisu_pipeline DAG with Airflow (dag.test) ...")
+        typer.echo(f"running the taisu_pipeline DAG with Airflow (dag.test); its log: {settings.home / 'airflow' / 'taisu_pipeline.log'}")
         conf = {"sources": [str(p.resolve()) for p in sources], "recipe": str(recipe.resolve()) if recipe else ""}
         run_dag("taisu_pipeline", conf, settings.home / "airflow")
     ledger = open_ledger(settings)
