@@ -94,6 +94,7 @@ REASONS: dict[str, tuple[Stage, str]] = {
     "retries_exhausted": (Stage.FETCH, "transient failures past the retry limit"),
     "bad_url": (Stage.FETCH, "the URL or a redirect target is not a fetchable http(s) URL"),
     "host_backoff": (Stage.FETCH, "not attempted: the host is backing off (429/503 or failures)"),
+    "stage_error": (Stage.FETCH, "the stage itself failed on this sample (see the task log); retried later"),
     # image checks and dedup
     "too_small": (Stage.IMAGE, "shorter side below the minimum"),
     "bad_aspect": (Stage.IMAGE, "aspect ratio above the maximum"),

@@ -149,9 +149,9 @@ class _ShardFetch:
             state, row = item
             try:
                 outcome = await self._one(row)
-            except Exception as exc:  # a bug must not lose the sample's lease silently: record and retry later
+            except Exception as exc:  # a bug or a failing store must not strand the sample: record it, retry later
                 log.exception("fetch of sample %s failed", row["id"])
-                outcome = Outcome(row["id"], State.FETCH_RETRY, "connect", {"error": f"{type(exc).__name__}: {exc}"[:500]},
+                outcome = Outcome(row["id"], State.FETCH_RETRY, "stage_error", {"error": f"{type(exc).__name__}: {exc}"[:500]},
                                   {"next_attempt_at": datetime.now(timezone.utc) + timedelta(seconds=self.settings.retry_base_s)})
             self.pending[state].append(outcome)
             self.report.reasons[outcome.reason] += 1

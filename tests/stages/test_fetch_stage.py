@@ -162,3 +162,20 @@ def test_dedup_links_duplicates_to_the_first_sample(ledger: Ledger, tmp_path: Pa
         dup = conn.execute(sa.text(
             "SELECT s.id, s.duplicate_of FROM sample s JOIN sample_state st ON st.sample_id = s.id WHERE st.state = 'duplicate'")).one()
     assert dup.duplicate_of < dup.id and states(ledger)[same] == ("image_ok", "ok")
+
+
+class _BrokenStore(LocalObjectStore):
+    def put(self, key, data, content_type=None):  # type: ignore[no-untyped-def]
+        raise OSError("disk full")
+
+
+def test_a_failing_store_leaves_samples_due_for_retry_not_stranded(ledger: Ledger, tmp_path: Path) -> None:
+    pairs = make_pairs(2, seed=13)
+    with SyntheticWeb(pairs) as web:
+        rows = [(web.url_for(p.id), f"第{i}张：山谷里的一条小溪") for i, p in enumerate(pairs)]
+        prepare(ledger, write_list(tmp_path / "t.csv", rows))
+        report = fetch_shard(ledger, _BrokenStore(tmp_path / "o"), settings_for(web, retry_base_s=60), ImageConfig(), decode_workers=1)
+    assert report.reasons == {"stage_error": 2}
+    assert set(states(ledger).values()) == {("fetch_retry", "stage_error")}
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM sample_state WHERE lease_owner IS NOT NULL")).scalar_one() == 0
