@@ -51,18 +51,18 @@ def first_with_sha256(ledger: Ledger, hashes: Iterable[str]) -> dict[str, int]:
     return out
 
 
-def band_candidates(ledger: Ledger, bands: Iterable[tuple[int, str]]) -> list[tuple[int, str]]:
-    """(sample id, phash) of kept images sharing any of the given (band, value) pairs."""
+def band_candidates(ledger: Ledger, bands: Iterable[tuple[int, str]]) -> list[tuple[int, str, str]]:
+    """(sample id, phash, object key) of kept images sharing any of the given (band, value) pairs."""
     pairs = sorted(set(bands))
-    found: dict[int, str] = {}
+    found: dict[int, tuple[str, str]] = {}
     with ledger.engine.connect() as conn:
         for i in range(0, len(pairs), 400):
             chunk = pairs[i : i + 400]
             cond = sa.or_(*[sa.and_(image_band.c.band == b, image_band.c.value == v) for b, v in chunk])
             rows = conn.execute(
-                sa.select(sample.c.id, sample.c.phash)
+                sa.select(sample.c.id, sample.c.phash, sample.c.object_key)
                 .select_from(image_band.join(sample, sample.c.id == image_band.c.sample_id).join(sample_state, sample_state.c.sample_id == sample.c.id))
                 .where(cond, sample_state.c.state.in_([s.value for s in KEEPER_STATES]))
             )
-            found.update({sid: ph for sid, ph in rows if ph})
-    return sorted(found.items())
+            found.update({sid: (ph, key) for sid, ph, key in rows if ph})
+    return sorted((sid, ph, key) for sid, (ph, key) in found.items())

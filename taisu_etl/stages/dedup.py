@@ -1,7 +1,9 @@
 """Image stage: `fetched` samples become `image_ok`, `duplicate` or `image_rejected`.
 
-Exact duplicates share a sha256 (of the normalised bytes); near duplicates have perceptual hashes
-within `phash_distance` bits, found through the hash bands the fetch stage recorded. A duplicate is
+Exact duplicates share a sha256 (of the normalised bytes). Near duplicates have perceptual hashes
+within `phash_distance` bits, found through the hash bands the fetch stage recorded, and are then
+confirmed on small colour thumbnails of both stored images: pHash sees only coarse grey-level
+structure, so a small red circle and a small green square on flat backgrounds can share one hash. A duplicate is
 linked (`duplicate_of`) to the smallest-id sample holding the image, whatever its shard, so the
 result does not depend on which shard ran first. Run it after every fetch task of the run.
 
@@ -11,10 +13,13 @@ checked and re-encoded here, exactly as fetched images are.
 
 from __future__ import annotations
 
+import io
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from PIL import Image
 
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.image_index import add_bands, band_candidates, first_with_sha256
@@ -55,12 +60,44 @@ def _normalise_archived(row: dict[str, Any], store: ObjectStore, image: ImageCon
     return {**row, **fields, "_updates": fields}
 
 
+# Thumbnail check: a re-encoded or rescaled copy changes almost no thumbnail pixel by more than
+# this much (0-255 per channel); a different object or colour changes a block of them.
+_PIXEL_TOLERANCE = 48
+_MAX_CHANGED_SHARE = 0.01
+_THUMB = 32
+
+
+class _Thumbnails:
+    """Small RGB thumbnails of stored images, decoded once per run."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.cache: dict[str, bytes] = {}
+
+    def get(self, key: str) -> bytes:
+        if key not in self.cache:
+            with Image.open(io.BytesIO(self.store.get(key))) as im:
+                im.draft("RGB", (_THUMB * 4, _THUMB * 4))  # decode JPEGs at reduced scale: cheap
+                self.cache[key] = im.convert("RGB").resize((_THUMB, _THUMB), Image.Resampling.BILINEAR).tobytes()
+        return self.cache[key]
+
+    def same_picture(self, key_a: str, key_b: str) -> bool:
+        a, b = self.get(key_a), self.get(key_b)
+        pixels = len(a) // 3
+        changed = sum(
+            1 for i in range(0, len(a), 3)
+            if max(abs(a[i] - b[i]), abs(a[i + 1] - b[i + 1]), abs(a[i + 2] - b[i + 2])) > _PIXEL_TOLERANCE
+        )
+        return changed <= _MAX_CHANGED_SHARE * pixels
+
+
 def dedup_shard(
     ledger: Ledger, store: ObjectStore, image: ImageConfig, *, shard: int | None = None, ctx: RunContext | None = None,
     batch_size: int = 2000,
 ) -> DedupReport:
     report = DedupReport(shard=shard)
     started = time.perf_counter()
+    thumbs = _Thumbnails(store)
     bands_n = image.phash_distance + 1
     after = 0
     while rows := ledger.scan(state=State.FETCHED, shard=shard, after_id=after, limit=batch_size, columns=_COLUMNS):
@@ -85,10 +122,11 @@ def dedup_shard(
             if earliest is not None and earliest < row["id"]:
                 outcomes.append(Outcome(row["id"], State.DUPLICATE, "duplicate", {"of": earliest}, {**updates, "duplicate_of": earliest}))
                 continue
-            near = sorted(
-                (cid, d) for cid, ph in candidates
+            near = [
+                (cid, d) for cid, ph, key in candidates
                 if cid < row["id"] and row["phash"] and (d := hamming(ph, row["phash"])) <= image.phash_distance
-            )
+                and thumbs.same_picture(key, row["object_key"])
+            ]
             if near:
                 cid, distance = near[0]
                 outcomes.append(Outcome(row["id"], State.DUPLICATE, "near_duplicate", {"of": cid, "distance": distance},
