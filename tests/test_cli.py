@@ -116,4 +116,5 @@ def test_the_example_recipe_is_valid_and_matches_the_defaults(tmp_path: Path) ->
     settings = load_settings(example)
     defaults = load_settings()
     assert settings.text == defaults.text and settings.pipeline == defaults.pipeline
+    assert settings.fetch == defaults.fetch and settings.image == defaults.image
     assert settings.recipe_version == "example-v1"

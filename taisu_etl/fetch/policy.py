@@ -12,7 +12,8 @@ import ipaddress
 from dataclasses import dataclass, field
 
 DEFAULT_USER_AGENT = (
-    "taisu-etl/0.1 (+https://github.com/taisu-etl; dataset builder; honours robots.txt and noai)"
+    "taisu-etl/0.1 (image-text dataset builder; honours robots.txt and X-Robots-Tag noai; "
+    "operators: set fetch.user_agent to include your contact)"
 )
 MIB = 1024 * 1024
 

@@ -15,7 +15,7 @@ class FetchSettings(BaseModel):
     user_agent: str = Field(DEFAULT_USER_AGENT, description="says who is crawling; never impersonate a browser")
     concurrency: int = Field(64, ge=1, description="requests in flight per worker")
     per_host_concurrency: int = Field(4, ge=1, description="connections to one host at once")
-    per_host_rate: float | None = Field(10.0, gt=0, description="requests per second to one host; none = no limit")
+    per_host_rate: float | None = Field(10.0, ge=0, description="requests per second to one host; 0 = no limit")
     deadline_s: float = Field(20.0, gt=0, description="total time for one URL, redirects and body included")
     max_bytes: int = Field(20 << 20, ge=1024, description="byte cap, counted while streaming")
     max_redirects: int = Field(5, ge=0, le=20)
@@ -31,7 +31,7 @@ class FetchSettings(BaseModel):
             user_agent=self.user_agent,
             concurrency=self.concurrency,
             per_host_concurrency=self.per_host_concurrency,
-            per_host_rate=self.per_host_rate,
+            per_host_rate=self.per_host_rate or None,
             deadline_s=self.deadline_s,
             max_bytes=self.max_bytes,
             max_redirects=self.max_redirects,
