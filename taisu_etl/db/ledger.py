@@ -183,7 +183,6 @@ class Ledger:
 
     def _add_batch(self, batch: Sequence[NewSample], ev: dict[str, Any], state: State, reason: str) -> AddResult:
         recs = self._prepare(batch)
-        in_batch_dupes = len(batch) - len(recs)
         if self.is_postgres:
             inserted = self._pg_add(recs, ev, state, reason)
         else:

@@ -13,6 +13,7 @@ checked and re-encoded here, exactly as fetched images are.
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from collections import Counter
@@ -24,7 +25,7 @@ from PIL import Image
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.image_index import add_bands, band_candidates, first_with_sha256
 from taisu_etl.db.ledger import Ledger, Outcome
-from taisu_etl.images import ImageConfig, ImageRejection, normalise_image
+from taisu_etl.images import DecodePool, DecodeResult, ImageConfig, ImageRejection, normalise_image
 from taisu_etl.images.dedup import hamming, phash_bands
 from taisu_etl.storage import ObjectStore
 from taisu_etl.vocab import Stage, State
@@ -48,9 +49,8 @@ class DedupReport:
         return {"shard": self.shard, "seen": self.seen, "reasons": dict(self.reasons), "seconds": round(self.seconds, 3)}
 
 
-def _normalise_archived(row: dict[str, Any], store: ObjectStore, image: ImageConfig) -> Outcome | dict[str, Any]:
-    """Decode an archived image; returns a rejection, or the row with its normalised image's fields."""
-    decoded = normalise_image(store.get(row["object_key"]), image, apply_checks=True)
+def _normalised_archived(row: dict[str, Any], decoded: DecodeResult, store: ObjectStore) -> Outcome | dict[str, Any]:
+    """An archived image's decode result as a rejection, or the row with its normalised image's fields."""
     if isinstance(decoded, ImageRejection):
         to = State.IMAGE_REJECTED if decoded.reason in ("too_small", "bad_aspect") else State.FETCH_FAILED
         return Outcome(row["id"], to, decoded.reason, {"image": decoded.detail, "archived": row["object_key"]})
@@ -99,41 +99,58 @@ def dedup_shard(
     started = time.perf_counter()
     thumbs = _Thumbnails(store)
     bands_n = image.phash_distance + 1
+    pool: DecodePool | None = None  # started only if archived images turn up: most runs have none
     after = 0
-    while rows := ledger.scan(state=State.FETCHED, shard=shard, after_id=after, limit=batch_size, columns=_COLUMNS):
-        after = rows[-1]["id"]
-        outcomes: list[Outcome] = []
-        ready: list[dict[str, Any]] = []
-        for row in rows:
-            if row["width"] is None and row["object_key"]:
-                result = _normalise_archived(row, store, image)
-                if isinstance(result, Outcome):
-                    outcomes.append(result)
-                    continue
-                add_bands(ledger, [(row["id"], phash_bands(result["phash"], bands_n))])
-                row = result
-            ready.append(row)
-        first = first_with_sha256(ledger, (r["sha256"] for r in ready))
-        wanted = {(i, v) for r in ready if r["phash"] for i, v in enumerate(phash_bands(r["phash"], bands_n))}
-        candidates = band_candidates(ledger, wanted)
-        for row in ready:
-            updates = row.pop("_updates", {})
-            earliest = first.get(row["sha256"])
-            if earliest is not None and earliest < row["id"]:
-                outcomes.append(Outcome(row["id"], State.DUPLICATE, "duplicate", {"of": earliest}, {**updates, "duplicate_of": earliest}))
-                continue
-            near = [
-                (cid, d) for cid, ph, key in candidates
-                if cid < row["id"] and row["phash"] and (d := hamming(ph, row["phash"])) <= image.phash_distance
-                and thumbs.same_picture(key, row["object_key"])
-            ]
-            if near:
-                cid, distance = near[0]
-                outcomes.append(Outcome(row["id"], State.DUPLICATE, "near_duplicate", {"of": cid, "distance": distance},
-                                        {**updates, "duplicate_of": cid}))
-                continue
-            outcomes.append(Outcome(row["id"], State.IMAGE_OK, "ok", None, updates))
-        report.reasons.update(ledger.apply(outcomes, from_state=State.FETCHED, stage=Stage.IMAGE, ctx=ctx))
-        report.seen += len(rows)
+    try:
+        while rows := ledger.scan(state=State.FETCHED, shard=shard, after_id=after, limit=batch_size, columns=_COLUMNS):
+            after = rows[-1]["id"]
+            archived = [r for r in rows if r["width"] is None and r["object_key"]]
+            if archived and pool is None:
+                # The same isolated decoders as the fetch stage: archived bytes are untrusted too.
+                pool = DecodePool(image, fn=functools.partial(normalise_image, apply_checks=True), timeout_s=image.decode_timeout_s)
+            decoded = dict(zip((r["id"] for r in archived), pool.map([store.get(r["object_key"]) for r in archived]))) if archived else {}
+            report.seen += len(rows)
+            report.reasons.update(_dedup_batch(ledger, store, image, thumbs, rows, decoded, bands_n, ctx))
+    finally:
+        if pool is not None:
+            pool.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _dedup_batch(
+    ledger: Ledger, store: ObjectStore, image: ImageConfig, thumbs: _Thumbnails, rows: list[dict[str, Any]],
+    decoded: dict[int, DecodeResult], bands_n: int, ctx: RunContext | None,
+) -> dict[str, int]:
+    outcomes: list[Outcome] = []
+    ready: list[dict[str, Any]] = []
+    for row in rows:
+        if row["id"] in decoded:
+            result = _normalised_archived(row, decoded[row["id"]], store)
+            if isinstance(result, Outcome):
+                outcomes.append(result)
+                continue
+            add_bands(ledger, [(row["id"], phash_bands(result["phash"], bands_n))])
+            row = result
+        ready.append(row)
+    first = first_with_sha256(ledger, (r["sha256"] for r in ready))
+    wanted = {(i, v) for r in ready if r["phash"] for i, v in enumerate(phash_bands(r["phash"], bands_n))}
+    candidates = band_candidates(ledger, wanted)  # sorted by id: the first confirmed one is the earliest
+    for row in ready:
+        updates = row.pop("_updates", {})
+        earliest = first.get(row["sha256"])
+        if earliest is not None and earliest < row["id"]:
+            outcomes.append(Outcome(row["id"], State.DUPLICATE, "duplicate", {"of": earliest}, {**updates, "duplicate_of": earliest}))
+            continue
+        near = next((
+            (cid, d) for cid, ph, key in candidates
+            if cid < row["id"] and row["phash"] and (d := hamming(ph, row["phash"])) <= image.phash_distance
+            and thumbs.same_picture(key, row["object_key"])
+        ), None)
+        if near is not None:
+            cid, distance = near
+            outcomes.append(Outcome(row["id"], State.DUPLICATE, "near_duplicate", {"of": cid, "distance": distance},
+                                    {**updates, "duplicate_of": cid}))
+            continue
+        outcomes.append(Outcome(row["id"], State.IMAGE_OK, "ok", None, updates))
+    return ledger.apply(outcomes, from_state=State.FETCHED, stage=Stage.IMAGE, ctx=ctx)

@@ -23,7 +23,7 @@ from taisu_etl.db.ledger import Ledger, NewSample, Outcome
 from taisu_etl.db.schema import sample, sample_event, sample_state
 from taisu_etl.fetch import Fetcher
 from taisu_etl.fetch.settings import FetchSettings
-from taisu_etl.images import ImageConfig, ImageRejection, normalise_image
+from taisu_etl.images import DecodePool, ImageConfig, ImageRejection
 from taisu_etl.vocab import Stage, State
 
 # Samples whose image is stored and kept: the ones whose URL is worth re-validating.
@@ -68,14 +68,16 @@ def _due(ledger: Ledger, limit: int) -> list[dict[str, Any]]:
 async def _check_all(rows: list[dict[str, Any]], settings: FetchSettings, image: ImageConfig, rate: float) -> list[tuple[dict[str, Any], Any]]:
     results: list[tuple[dict[str, Any], Any]] = []
     interval = 1.0 / rate if rate > 0 else 0.0
-    async with Fetcher(settings.policy()) as fetcher:
-        async def one(row: dict[str, Any], delay: float) -> None:
-            await asyncio.sleep(delay)  # spreads the checks at `rate` per second overall
-            res = await fetcher.fetch(row["url"])
-            decoded = await asyncio.to_thread(normalise_image, res.body, image) if res.ok and res.body is not None else None
-            results.append((row, (res, decoded)))
+    # Decoded in the same isolated worker processes as the fetch stage: the bytes are untrusted.
+    with DecodePool(image, timeout_s=image.decode_timeout_s) as pool:
+        async with Fetcher(settings.policy()) as fetcher:
+            async def one(row: dict[str, Any], delay: float) -> None:
+                await asyncio.sleep(delay)  # spreads the checks at `rate` per second overall
+                res = await fetcher.fetch(row["url"])
+                decoded = await pool.decode(res.body) if res.ok and res.body is not None else None
+                results.append((row, (res, decoded)))
 
-        await asyncio.gather(*(one(row, i * interval) for i, row in enumerate(rows)))
+            await asyncio.gather(*(one(row, i * interval) for i, row in enumerate(rows)))
     return results
 
 
