@@ -12,6 +12,7 @@ install: $(STAMP)
 # that picks torch itself (or a newer torchvision) pulls gigabytes of CUDA packages. uv resolves the
 # rest in seconds where pip backtracks for minutes; it keeps the torch that is already installed.
 $(STAMP): pyproject.toml
+	bash .ci/system-deps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip uv
 	$(PY) -m pip install --quiet torch==2.13.0

@@ -1,0 +1,405 @@
+"""create_release: select, package, describe and publish one release.
+
+Crash safety: every file goes to its final key under `releases/NAME/`, and `manifest.json` is
+written last; a release exists exactly when its manifest does, so a crash at any moment leaves no
+release (a re-run clears the leftovers and starts again) or a complete one. Files are built in a
+temporary directory, hashed as they are written, and uploaded while the next shard is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from taisu_etl.db.context import RunContext
+from taisu_etl.db.ledger import Ledger
+from taisu_etl.release import card, layout, records
+from taisu_etl.release.captions import CaptionWriters
+from taisu_etl.release.diff import merge_diff
+from taisu_etl.release.errors import ReleaseError, ReleaseExistsError
+from taisu_etl.release.fonts import find_cjk_font
+from taisu_etl.release.manifest import FORMAT, FileEntry, dumps, hash_file, read_manifest, sha256sums, with_files
+from taisu_etl.release.options import LATEST, ReleaseOptions
+from taisu_etl.release.parquet import ParquetShardWriter
+from taisu_etl.release.selection import SelectionStats, iter_members
+from taisu_etl.release.stats import ReleaseStats
+from taisu_etl.release.tarwriter import Digest, HashingFile, TarWriter
+from taisu_etl.release.webdataset import add_sample, sizes_json
+from taisu_etl.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+MEMBER_BATCH = 5000
+FETCH_WINDOW = 64
+
+
+@dataclass
+class ReleaseReport:
+    """What create_release published."""
+
+    name: str
+    release_id: int
+    samples: int
+    shards: int
+    added: int
+    removed: int
+    parent: str | None
+    skipped: dict[str, int]
+    files: int
+    bytes: int
+    manifest_key: str
+    card_key: str
+    store: str
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{k} {v:,}" for k, v in self.skipped.items() if v) or "none"
+        parent = f"against {self.parent}: +{self.added:,} -{self.removed:,}" if self.parent else "no parent release"
+        return (
+            f"release {self.name}: {self.samples:,} samples in {self.shards:,} shards, {self.files} files, "
+            f"{self.bytes / 1e6:,.1f} MB ({parent}; skipped: {skipped}) in {self.seconds:.1f} s\n"
+            f"  manifest:     {self.manifest_key}  ({self.store})\n"
+            f"  dataset card: {self.card_key}"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Skipped:
+    missing_image: int = 0
+    bad_image: int = 0
+    duplicate_id: int = 0
+    source_filtered: int = 0
+
+
+class _Uploader:
+    """Uploads finished files in the background and deletes the local copies; keeps their entries."""
+
+    def __init__(self, store: ObjectStore, name: str, workers: int = 2) -> None:
+        self._store = store
+        self._name = name
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="release-upload")
+        self._pending: deque[Future[FileEntry]] = deque()
+        self.entries: list[FileEntry] = []
+
+    def submit(self, path: str, local: Path, digest: Digest) -> None:
+        self._pending.append(self._pool.submit(self._put, path, local, digest))
+        # Bounded: a slow store must not let finished shards pile up on the local disk.
+        while len(self._pending) > 4:
+            self.entries.append(self._pending.popleft().result())
+
+    def _put(self, path: str, local: Path, digest: Digest) -> FileEntry:
+        self._store.put_file(layout.key(self._name, path), local)
+        local.unlink(missing_ok=True)
+        return FileEntry(path, digest.sha256, digest.size)
+
+    def drain(self) -> list[FileEntry]:
+        while self._pending:
+            self.entries.append(self._pending.popleft().result())
+        return self.entries
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _fetch(store: ObjectStore, row: dict[str, Any]) -> bytes | None:
+    if not row["object_key"]:
+        return None
+    try:
+        return store.get(row["object_key"])
+    except KeyError:
+        return None
+
+
+def _with_images(store: ObjectStore, rows: Iterable[dict[str, Any]], workers: int) -> Iterator[tuple[dict[str, Any], bytes | None]]:
+    """Rows with their image bytes, in order; up to FETCH_WINDOW reads in flight hide store latency."""
+    if workers <= 1:
+        for row in rows:
+            yield row, _fetch(store, row)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="release-fetch") as pool:
+        window: deque[tuple[dict[str, Any], Future[bytes | None]]] = deque()
+        for row in rows:
+            window.append((row, pool.submit(_fetch, store, row)))
+            if len(window) >= FETCH_WINDOW:
+                head, fut = window.popleft()
+                yield head, fut.result()
+        while window:
+            head, fut = window.popleft()
+            yield head, fut.result()
+
+
+class _Shard:
+    """The files of one shard being written: TaiSu part, webdataset shard, Parquet part."""
+
+    def __init__(self, index: int, tmp: Path, options: ReleaseOptions) -> None:
+        self.name = layout.shard_name(index)
+        self.count = 0
+        self.paths: dict[str, Path] = {}
+        self.taisu = self.wds = None
+        self.parquet = None
+        if "taisu" in options.formats:
+            self.taisu_path = layout.taisu_part(self.name, options.tgz)
+            self.paths[self.taisu_path] = tmp / f"taisu-{self.name}"
+            self.taisu = TarWriter(self.paths[self.taisu_path], compress=options.tgz)
+        if "webdataset" in options.formats:
+            self.wds_path = layout.wds_shard(self.name)
+            self.paths[self.wds_path] = tmp / f"wds-{self.name}"
+            self.wds = TarWriter(self.paths[self.wds_path])
+        if "parquet" in options.formats:
+            self.parquet_path = layout.parquet_part(self.name)
+            self.paths[self.parquet_path] = tmp / f"parquet-{self.name}"
+            self.parquet = ParquetShardWriter(self.paths[self.parquet_path])
+        # The image-holding files a sample of this shard is in (the Parquet `shards` column).
+        self.image_files = [p for p in self.paths if not p.endswith(".parquet")]
+
+    def close(self) -> list[tuple[str, Path, Digest]]:
+        out = []
+        if self.taisu is not None:
+            out.append((self.taisu_path, self.paths[self.taisu_path], self.taisu.close()))
+        if self.wds is not None:
+            out.append((self.wds_path, self.paths[self.wds_path], self.wds.close()))
+        if self.parquet is not None:
+            self.parquet.close()
+            out.append((self.parquet_path, self.paths[self.parquet_path], hash_file(self.paths[self.parquet_path])))
+        return out
+
+
+def _clear(store: ObjectStore, name: str) -> int:
+    """Delete what a crashed run left under the release's prefix (there is no manifest: checked)."""
+    stale = [info.key for info in store.list(layout.prefix(name))]
+    for k in stale:
+        store.delete_all_versions(k)
+    return len(stale)
+
+
+def _resolve_parent(ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions) -> tuple[str | None, int | None]:
+    if options.parent is None:
+        return None, None
+    if options.parent == LATEST:
+        row = records.latest_published(ledger.engine, exclude=name)
+        if row is None:
+            return None, None
+        parent = row["name"]
+    else:
+        if options.parent == name:
+            raise ReleaseError(f"release {name} cannot be its own parent")
+        parent = options.parent
+        row = records.get(ledger.engine, parent)
+    if read_manifest(store, parent) is None:
+        raise ReleaseError(
+            f"parent release {parent} has no manifest in {store.describe()}: name another with --parent, or use --no-parent"
+        )
+    return parent, (row["id"] if row else None)
+
+
+def create_release(
+    ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions | None = None, *,
+    ctx: RunContext | None = None, progress: Callable[[str], None] | None = None,
+    font_path: str | None = None, workdir: str | Path | None = None, fetch_workers: int = 8,
+) -> ReleaseReport:
+    """Build and publish release `name` from the ledger's eligible samples; see the package docstring.
+
+    Refuses a name that is already published. `ctx` is accepted for symmetry with the stages: a
+    release writes no sample events (membership is recorded in `release_member`).
+    """
+    del ctx  # no per-sample events: release_member is the record of membership
+    options = options or ReleaseOptions()
+    layout.check_name(name)
+    say = progress or (lambda line: log.info("%s", line))
+    started = time.perf_counter()
+    engine = ledger.engine
+    manifest_key = layout.key(name, layout.MANIFEST)
+    existing = records.get(engine, name)
+    if store.exists(manifest_key):
+        if existing is not None and existing["state"] != records.PUBLISHED:
+            records.mark_published(engine, existing["id"], manifest_key)
+        raise ReleaseExistsError(f"release {name} is already published ({manifest_key} in {store.describe()}): releases are immutable, choose a new name")
+    if existing is not None and existing["state"] == records.PUBLISHED:
+        raise ReleaseExistsError(
+            f"release {name} is already published in the ledger (manifest {existing['manifest_key']}): releases are immutable, choose a new name"
+        )
+    font = find_cjk_font(font_path)  # before any work: a missing font must not cost a whole build
+    parent, parent_id = _resolve_parent(ledger, store, name, options)
+    recipe = options.recipe(parent)
+    release_id = records.start(engine, name, parent_id, recipe)
+    try:
+        cleared = _clear(store, name)
+        if cleared:
+            say(f"removed {cleared} files an earlier, unfinished run of {name} left behind")
+        report = _build(ledger, store, name, options, parent, release_id, recipe, font, say, workdir, fetch_workers)
+    except BaseException:
+        try:
+            records.fail(engine, release_id)
+        except Exception:  # the original error matters more than the bookkeeping
+            log.exception("could not mark release %s failed", name)
+        raise
+    report.seconds = time.perf_counter() - started
+    say(report.summary())
+    return report
+
+
+def _build(
+    ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions, parent: str | None, release_id: int,
+    recipe: dict[str, Any], font: str, say: Callable[[str], None], workdir: str | Path | None, fetch_workers: int,
+) -> ReleaseReport:
+    engine = ledger.engine
+    selection = SelectionStats()
+    skipped = _Skipped()
+    stats = ReleaseStats()
+    shard_sizes: dict[str, int] = {}
+    say(f"release {name}: selecting samples from {engine.url.render_as_string(hide_password=True)}"
+        f"{f' (parent {parent})' if parent else ''}")
+    with tempfile.TemporaryDirectory(prefix=f"taisu-release-{name}-", dir=workdir) as tmpdir:
+        tmp = Path(tmpdir)
+        uploader = _Uploader(store, name)
+        try:
+            captions = CaptionWriters(tmp) if "taisu" in options.formats else None
+            ids_file = HashingFile(tmp / "ids.txt")
+            members: list[tuple[int, str]] = []
+            shard: _Shard | None = None
+            index = 0
+            rows = iter_members(engine, options, selection)
+            for row, image in _with_images(store, rows, fetch_workers):
+                if image is None:
+                    skipped.missing_image += 1
+                    continue
+                if row["sha256"] and hashlib.sha256(image).hexdigest() != row["sha256"]:
+                    skipped.bad_image += 1
+                    continue
+                if shard is not None and shard.count >= options.shard_size:
+                    _finish_shard(shard, shard_sizes, uploader, stats, say)
+                    index += 1
+                    shard = None
+                if shard is None:
+                    shard = _Shard(index, tmp, options)
+                _write_member(shard, row, image, options, captions, stats)
+                ids_file.write(f"{row['url_id']}\n".encode())
+                members.append((row["id"], shard.name))
+                if len(members) >= MEMBER_BATCH:
+                    records.add_members(engine, release_id, members)
+                    members = []
+            if shard is not None:
+                _finish_shard(shard, shard_sizes, uploader, stats, say)
+            records.add_members(engine, release_id, members)
+            skipped.duplicate_id, skipped.source_filtered = selection.duplicate_id, selection.source_filtered
+            if stats.samples == 0:
+                raise ReleaseError(f"no sample is eligible for release {name} with these options: nothing to publish")
+
+            ids_digest = ids_file.close()
+            added, removed = _removed_list(store, parent, tmp / "ids.txt", tmp / "removed.txt", stats.samples)
+            uploader.submit(layout.IDS, tmp / "ids.txt", ids_digest)
+            uploader.submit(layout.REMOVED, tmp / "removed.txt", hash_file(tmp / "removed.txt"))
+            if captions is not None:
+                for path, (local, digest) in captions.close().items():
+                    uploader.submit(path, local, digest)
+            if "webdataset" in options.formats:
+                (tmp / "sizes.json").write_bytes(sizes_json({f"{s}.tar": n for s, n in shard_sizes.items()}))
+                uploader.submit(layout.WDS_SIZES, tmp / "sizes.json", hash_file(tmp / "sizes.json"))
+            counts = {
+                "samples": stats.samples, "shards": len(shard_sizes), "with_generated_caption": stats.with_generated,
+                "added": added, "removed": removed, "skipped": asdict(skipped),
+            }
+            body = {
+                "format": FORMAT, "name": name, "recipe": recipe, "recipe_version": ledger.recipe_version,
+                "counts": counts, "models": stats.models(),
+                "shards": [{"name": s, "samples": n, "files": _shard_files(s, options)} for s, n in shard_sizes.items()],
+            }
+            say(f"release {name}: writing the dataset card")
+            for path, local in card.render(tmp, body, ledger.funnel(), ledger.reason_counts(), stats, font).items():
+                uploader.submit(path, local, hash_file(local))
+            files = uploader.drain()
+
+            withdrawn = records.withdrawn_members(engine, release_id)
+            if withdrawn:
+                raise ReleaseError(
+                    f"{withdrawn} samples of release {name} were taken down or blocklisted while it was being built: run it again"
+                )
+            sums = sha256sums(files)
+            store.put(layout.key(name, layout.SHA256SUMS), sums)
+            files.append(FileEntry(layout.SHA256SUMS, hashlib.sha256(sums).hexdigest(), len(sums)))
+            manifest = with_files(body, files)
+            manifest_key = layout.key(name, layout.MANIFEST)
+            store.put(manifest_key, dumps(manifest))  # the commit point
+        finally:
+            uploader.close()
+    records.publish(engine, release_id, counts, manifest_key)
+    return ReleaseReport(
+        name=name, release_id=release_id, samples=stats.samples, shards=len(shard_sizes), added=added, removed=removed,
+        parent=parent, skipped=asdict(skipped), files=len(files), bytes=sum(f.size for f in files),
+        manifest_key=manifest_key, card_key=layout.key(name, layout.README), store=store.describe(),
+    )
+
+
+def _shard_files(shard: str, options: ReleaseOptions) -> list[str]:
+    files = []
+    if "taisu" in options.formats:
+        files.append(layout.taisu_part(shard, options.tgz))
+    if "webdataset" in options.formats:
+        files.append(layout.wds_shard(shard))
+    if "parquet" in options.formats:
+        files.append(layout.parquet_part(shard))
+    return files
+
+
+def _write_member(shard: _Shard, row: dict[str, Any], image: bytes, options: ReleaseOptions,
+                  captions: CaptionWriters | None, stats: ReleaseStats) -> None:
+    sid = row["url_id"]
+    w = row["caption_clean"] if row["caption_clean"] is not None else row["caption"]
+    g = row["gen_caption"] if options.generated_captions else None
+    g_model = row["gen_caption_model"] if g is not None else None
+    if shard.taisu is not None:
+        shard.taisu.add(f"{sid}.jpg", image)
+    if shard.wds is not None:
+        add_sample(shard.wds, sid, image, w, {
+            "id": sid, "url": row["url"], "taisu_id": row["taisu_id"], "caption": w, "gen_caption": g,
+            "gen_caption_model": g_model, "score": row["score"], "score_model": row["score_model"],
+            "sha256": row["sha256"], "width": row["width"], "height": row["height"], "source": row["source"],
+        })
+    if shard.parquet is not None:
+        shard.parquet.add({
+            "url_id": sid, "taisu_id": row["taisu_id"], "source": row["source"], "source_pos": row["source_pos"],
+            "url": row["url"], "sha256": row["sha256"], "phash": row["phash"], "width": row["width"],
+            "height": row["height"], "bytes": len(image), "score": row["score"], "score_model": row["score_model"],
+            "caption": w, "gen_caption": g, "gen_caption_model": g_model, "shards": shard.image_files,
+        })
+    if captions is not None:
+        captions.add(sid, w, g)
+    stats.add(w, g, row["score"], row["score_model"], g_model)
+    shard.count += 1
+
+
+def _finish_shard(shard: _Shard, sizes: dict[str, int], uploader: _Uploader, stats: ReleaseStats, say: Callable[[str], None]) -> None:
+    for path, local, digest in shard.close():
+        uploader.submit(path, local, digest)
+    sizes[shard.name] = shard.count
+    say(f"shard {shard.name}: {shard.count:,} samples ({stats.samples:,} so far)")
+
+
+def _removed_list(store: ObjectStore, parent: str | None, ids: Path, out: Path, samples: int) -> tuple[int, int]:
+    """Write removed.txt (ids of the parent not in this release); returns (added, removed)."""
+    if parent is None:
+        out.write_bytes(b"")
+        return samples, 0
+    added = removed = 0
+    try:
+        parent_ids = store.open(layout.key(parent, layout.IDS))
+    except KeyError:
+        raise ReleaseError(f"parent release {parent} has no {layout.IDS}: it is damaged (run `verify {parent}`)") from None
+    with parent_ids as old, open(ids, "rb") as new, open(out, "wb") as dst:
+        for sign, sid in merge_diff(old, new, old_name=f"{parent}/{layout.IDS}", new_name=f"new {layout.IDS}"):
+            if sign == "+":
+                added += 1
+            else:
+                removed += 1
+                dst.write(f"{sid}\n".encode())
+    return added, removed

@@ -1,0 +1,139 @@
+"""`taisu-etl release ...`: create, verify, diff and list releases.
+
+Mounted by taisu_etl/cli.py; user errors are TaisuError subclasses, which its `main()` prints as
+one `error: ...` line with exit status 2, like every other command.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from taisu_etl.config import load_settings
+
+release_app = typer.Typer(help="Versioned, reproducible dataset releases (TaiSu tars, webdataset, Parquet).", no_args_is_help=True)
+
+RecipeOpt = Annotated[
+    Optional[Path],
+    typer.Option("--recipe", "-r", help="TOML recipe file (else $TAISU_RECIPE; TAISU_* variables override it)."),
+]
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@release_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="release name, e.g. v1 or 2024-06")],
+    recipe: RecipeOpt = None,
+    min_score: Annotated[Optional[float], typer.Option("--min-score", help="keep samples with score >= this")] = None,
+    formats: Annotated[str, typer.Option("--formats", help="comma-separated: taisu,webdataset,parquet")] = "taisu,webdataset,parquet",
+    generated_captions: Annotated[bool, typer.Option("--generated-captions/--no-generated-captions",
+                                                     help="include generated captions (g) where present")] = True,
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="glob on the sample's source; repeat")] = None,
+    tgz: Annotated[bool, typer.Option("--tgz/--no-tgz", help="gzip the TaiSu image parts (.tgz)")] = False,
+    shard_size: Annotated[int, typer.Option("--shard-size", help="samples per shard")] = 10_000,
+    parent: Annotated[Optional[str], typer.Option("--parent", help="release to compare with (default: the latest published)")] = None,
+    no_parent: Annotated[bool, typer.Option("--no-parent", help="no removal list: compare with nothing")] = False,
+) -> None:
+    """Package the accepted samples as release NAME under releases/NAME/ in the object store."""
+    from taisu_etl.release.build import create_release
+    from taisu_etl.release.errors import ReleaseError
+    from taisu_etl.release.options import LATEST, ReleaseOptions
+    from taisu_etl.services import open_ledger, open_store
+
+    if no_parent and parent:
+        raise ReleaseError("--parent and --no-parent contradict each other: give one")
+    options = ReleaseOptions(
+        min_score=min_score, generated_captions=generated_captions, sources=tuple(source or ()), formats=_formats(formats),
+        tgz=tgz, shard_size=shard_size, parent=None if no_parent else (parent or LATEST),
+    )
+    settings = load_settings(recipe)
+    ledger = open_ledger(settings)
+    try:
+        store = open_store(settings)
+        store.check()
+        create_release(ledger, store, name, options, progress=typer.echo)
+    finally:
+        ledger.dispose()
+    where = settings.objects_root / "releases" / name if settings.store == "local" else None
+    if where is not None:
+        typer.echo(f"release folder:  {where}\ndataset card:    {where / 'README.md'}")
+    else:
+        typer.echo(f"release folder:  {store.describe()} releases/{name}/\ndataset card:    releases/{name}/README.md")
+
+
+@release_app.command("verify")
+def verify(
+    name: Annotated[str, typer.Argument(help="release name")],
+    recipe: RecipeOpt = None,
+    no_ledger: Annotated[bool, typer.Option("--no-ledger", help="check the files only, not takedowns in the ledger")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Re-hash every file of release NAME, recount its members, and check no member was taken down."""
+    from taisu_etl.release.errors import ReleaseError, ReleaseNotFoundError
+    from taisu_etl.release.verify import verify_release
+    from taisu_etl.services import open_ledger, open_store
+
+    settings = load_settings(recipe)
+    store = open_store(settings)
+    ledger = None if no_ledger else open_ledger(settings)
+    try:
+        typer.echo(f"verifying release {name} in {store.describe()} ...", err=True)
+        report = verify_release(store, name, ledger=ledger)
+    finally:
+        if ledger is not None:
+            ledger.dispose()
+    if not report.exists:
+        raise ReleaseNotFoundError(f"release {name} does not exist in {store.describe()} (no releases/{name}/manifest.json)")
+    typer.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if as_json else report.summary())
+    if not report.ok:
+        raise ReleaseError(f"release {name} failed verification: {len(report.problems)} problem(s), listed above")
+
+
+@release_app.command("diff")
+def diff(
+    a: Annotated[str, typer.Argument(help="the older release")],
+    b: Annotated[str, typer.Argument(help="the newer release")],
+    recipe: RecipeOpt = None,
+    ids: Annotated[bool, typer.Option("--ids", help="print every added (+id) and removed (-id) id")] = False,
+) -> None:
+    """Ids added and removed going from release A to release B."""
+    from taisu_etl.release.diff import diff_releases, iter_diff
+    from taisu_etl.services import open_store
+
+    store = open_store(load_settings(recipe))
+    if ids:
+        for sign, sid in iter_diff(store, a, b):
+            typer.echo(f"{sign}{sid}")
+        return
+    typer.echo(diff_releases(store, a, b).summary())
+
+
+@release_app.command("list")
+def list_releases(recipe: RecipeOpt = None) -> None:
+    """Releases recorded in the ledger, with their state and whether their manifest is in the store."""
+    from taisu_etl.release import layout, records
+    from taisu_etl.services import open_ledger, open_store
+
+    settings = load_settings(recipe)
+    ledger = open_ledger(settings)
+    try:
+        rows = records.all_releases(ledger.engine)
+    finally:
+        ledger.dispose()
+    if not rows:
+        typer.echo("no releases yet: run `taisu-etl release create NAME`")
+        return
+    store = open_store(settings)
+    typer.echo(f"{'name':<20}{'state':<11}{'samples':>10}  {'parent':<16}{'published (UTC)':<21}manifest")
+    for r in rows:
+        samples = (r["counts"] or {}).get("samples")
+        published = r["published_at"].strftime("%Y-%m-%d %H:%M:%S") if r["published_at"] else "-"
+        there = "present" if store.exists(layout.key(r["name"], layout.MANIFEST)) else "absent"
+        typer.echo(f"{r['name']:<20}{r['state']:<11}{samples if samples is not None else '-':>10}  "
+                   f"{r['parent_name'] or '-':<16}{published:<21}{there}")

@@ -1,0 +1,219 @@
+"""verify_release: is a published release whole, and (with the ledger) still clean?
+
+Every file the manifest lists is read once: hashed and sized while it streams to a temporary file,
+then its members or lines are counted against the manifest. With a ledger, every id in `ids.txt`
+is checked against takedowns and the blocklist. Each problem names the file, what was expected and
+what was found.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from taisu_etl.db.ledger import Ledger
+from taisu_etl.db.schema import release_member, sample, sample_state
+from taisu_etl.release import layout, records
+from taisu_etl.release.manifest import read_manifest
+from taisu_etl.release.selection import blocked
+from taisu_etl.storage import ObjectStore
+from taisu_etl.vocab import State
+
+_LEDGER_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    what: str
+    expected: Any = None
+    got: Any = None
+
+    def __str__(self) -> str:
+        detail = f": expected {self.expected}, got {self.got}" if self.expected is not None or self.got is not None else ""
+        return f"{self.file}: {self.what}{detail}"
+
+
+@dataclass
+class VerifyReport:
+    name: str
+    exists: bool = True
+    files_checked: int = 0
+    samples: int = 0
+    ledger_checked: bool = False
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.exists and not self.problems
+
+    def summary(self) -> str:
+        if not self.exists:
+            return f"release {self.name} does not exist (no manifest)"
+        head = (f"release {self.name}: {self.files_checked} files, {self.samples:,} samples checked"
+                f"{' against the ledger' if self.ledger_checked else ''}: ")
+        if self.ok:
+            return head + "ok"
+        return head + f"{len(self.problems)} problem(s)\n" + "\n".join(f"  {p}" for p in self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "exists": self.exists, "ok": self.ok, "files_checked": self.files_checked,
+                "samples": self.samples, "problems": [str(p) for p in self.problems]}
+
+
+def _download(store: ObjectStore, key: str, dst: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with store.open(key) as src, open(dst, "wb") as out:
+        while block := src.read(1 << 20):
+            h.update(block)
+            out.write(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def _tar_keys(path: Path) -> Iterator[str]:
+    """Member names of a tar (gzip or not), streamed."""
+    with tarfile.open(path, "r|*") as tar:
+        for member in tar:
+            yield member.name
+
+
+def _lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def _json_object_entries(path: Path) -> int:
+    import ijson
+
+    with open(path, "rb") as f:
+        return sum(1 for _ in ijson.kvitems(f, ""))
+
+
+def _count(path: str, local: Path) -> int | None:
+    """How many samples the file holds, by its kind; None for files that hold no samples."""
+    if path.startswith(layout.TAISU_IMAGES + "/"):
+        return sum(1 for n in _tar_keys(local) if n.endswith(".jpg"))
+    if path.startswith(layout.WDS_DIR + "/") and path.endswith(".tar"):
+        return len({n.split(".", 1)[0] for n in _tar_keys(local) if n.endswith(".jpg")})
+    if path.startswith(layout.PARQUET_DIR + "/"):
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(local).metadata.num_rows
+    if path in (layout.TAISU_CAPTIONS_JSONL, layout.TAISU_CAPTIONS_TXT, layout.IDS, layout.REMOVED):
+        return _lines(local)
+    if path == layout.TAISU_CAPTIONS_JSON:
+        return _json_object_entries(local)
+    return None
+
+
+def _expected_counts(manifest: dict[str, Any]) -> dict[str, int]:
+    counts = manifest["counts"]
+    expected = {layout.IDS: counts["samples"], layout.REMOVED: counts["removed"]}
+    for form in (layout.TAISU_CAPTIONS_JSON, layout.TAISU_CAPTIONS_JSONL, layout.TAISU_CAPTIONS_TXT):
+        expected[form] = counts["samples"]
+    for shard in manifest["shards"]:
+        for path in shard["files"]:
+            expected[path] = shard["samples"]
+    return expected
+
+
+def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = None) -> VerifyReport:
+    """Check release `name` file by file against its manifest (and, with `ledger`, against takedowns)."""
+    report = VerifyReport(name)
+    try:
+        manifest = read_manifest(store, name)
+    except Exception as exc:  # a damaged manifest is a finding, not a crash
+        report.problems.append(Problem(layout.MANIFEST, f"unreadable ({exc})"))
+        return report
+    if manifest is None:
+        report.exists = False
+        report.problems.append(Problem(layout.MANIFEST, "missing: the release does not exist (never published, or its build did not finish)"))
+        return report
+    report.samples = manifest["counts"]["samples"]
+    expected = _expected_counts(manifest)
+    listed = {f["path"]: f for f in manifest["files"]}
+    shards_total = sum(s["samples"] for s in manifest["shards"])
+    if shards_total != report.samples:
+        report.problems.append(Problem(layout.MANIFEST, "shard sizes do not add up to the sample count", report.samples, shards_total))
+    with tempfile.TemporaryDirectory(prefix=f"taisu-verify-{name}-") as tmpdir:
+        tmp = Path(tmpdir)
+        for path, entry in sorted(listed.items()):
+            local = tmp / "file"
+            try:
+                digest, size = _download(store, layout.key(name, path), local)
+            except KeyError:
+                report.problems.append(Problem(path, "missing from the store"))
+                continue
+            report.files_checked += 1
+            if size != entry["bytes"]:
+                report.problems.append(Problem(path, "size differs from the manifest", entry["bytes"], size))
+            if digest != entry["sha256"]:
+                report.problems.append(Problem(path, "sha256 differs from the manifest", entry["sha256"], digest))
+            if path == layout.SHA256SUMS:
+                _check_sums(local, listed, report)
+            try:
+                got = _count(path, local)
+            except Exception as exc:  # unreadable content is a finding
+                report.problems.append(Problem(path, f"cannot be read ({type(exc).__name__}: {exc})"))
+                continue
+            if got is not None and path in expected and got != expected[path]:
+                report.problems.append(Problem(path, "sample count differs from the manifest", expected[path], got))
+            if path == layout.IDS and ledger is not None:
+                _check_ledger(ledger, name, local, report)
+            local.unlink()
+    for info in store.list(layout.prefix(name)):
+        rel = info.key[len(layout.prefix(name)):]
+        if rel not in listed and rel != layout.MANIFEST:
+            report.problems.append(Problem(rel, "in the release's folder but not in the manifest"))
+    return report
+
+
+def _check_sums(local: Path, listed: dict[str, dict[str, Any]], report: VerifyReport) -> None:
+    seen = {}
+    for line in local.read_text(encoding="utf-8").splitlines():
+        digest, _, path = line.partition("  ")
+        seen[path] = digest
+    for path, entry in listed.items():
+        if path == layout.SHA256SUMS:
+            continue
+        if seen.get(path) != entry["sha256"]:
+            report.problems.append(Problem(layout.SHA256SUMS, f"entry for {path} differs from the manifest", entry["sha256"], seen.get(path)))
+
+
+def _check_ledger(ledger: Ledger, name: str, ids_file: Path, report: VerifyReport) -> None:
+    """No member may be taken down or blocklisted now: names each one that is."""
+    report.ledger_checked = True
+    row = records.get(ledger.engine, name)
+    cols = [sample.c.id, sample.c.url_id, sample_state.c.state, blocked().label("blocked")]
+    base = sa.select(*cols).join(sample_state, sample_state.c.sample_id == sample.c.id)
+    if row is not None:
+        # The exact members, where the ledger recorded them; else every sample of each id.
+        base = base.join(release_member, sa.and_(release_member.c.sample_id == sample.c.id, release_member.c.release_id == row["id"]))
+
+    def check(batch: list[str]) -> None:
+        with ledger.engine.connect() as conn:
+            for sid, uid, state, is_blocked in conn.execute(base.where(sample.c.url_id.in_(batch))):
+                if state == State.TAKEN_DOWN.value:
+                    report.problems.append(Problem(layout.IDS, f"sample {uid} (ledger id {sid}) is taken down but in the release", "not taken down", state))
+                elif is_blocked:
+                    report.problems.append(Problem(layout.IDS, f"sample {uid} (ledger id {sid}) is on the blocklist but in the release", "not blocklisted", "blocklisted"))
+
+    batch: list[str] = []
+    with open(ids_file, encoding="utf-8") as f:
+        for line in f:
+            batch.append(line.rstrip("\n"))
+            if len(batch) >= _LEDGER_BATCH:
+                check(batch)
+                batch = []
+    if batch:
+        check(batch)
