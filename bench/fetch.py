@@ -5,10 +5,20 @@ One run, side by side (a ratio, since these machines are shared and noisy):
 - img2dataset (its own venv, `bash bench/peer_env.sh`), resize_mode=no, P processes x T threads;
 - taisu-etl's fetch stage with the same concurrency budget (P x T requests in flight), doing its
   full job: guarded fetch, decode + re-encode + pHash in a process pool, content-addressed PUT to an
-  S3 server (moto, its own process, over HTTP), and one reason-coded event per sample in Postgres.
+  S3 server (its own process, over HTTP), and one reason-coded event per sample in Postgres.
 Only fetching is timed; ingest and the text filter run before, untimed.
 
-    bash bench/peer_env.sh && python bench/fetch.py --images 10000 --processes 1 --threads 64
+The S3 stand-in (MinIO is what production uses; none can be installed on these machines):
+- s3rver (npm, Node; `bash bench/s3rver_env.sh`): the default when installed. It stores real
+  files and accepts ~1,000 small PUT/s here;
+- moto's server (Python, in the project's venv): ~380 PUT/s here, so it caps the S3 figure.
+`--stores` picks which object stores taisu-etl runs against, one fresh ledger each (default: the
+S3 stand-in, then a local folder, which shows what the S3 server costs); `--probe-s3` also measures
+each stand-in's own PUT/s ceiling with 64 threads of 2.8 KB PUTs, without any fetching.
+
+    bash bench/peer_env.sh && bash bench/s3rver_env.sh
+    python bench/fetch.py --images 10000 --processes 1 --threads 64
+    python bench/fetch.py --images 3000 --stores s3rver,moto,local --probe-s3
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,12 +44,17 @@ from taisu_etl.db.ledger import Ledger  # noqa: E402
 from taisu_etl.db.migrate import upgrade  # noqa: E402
 from taisu_etl.fetch.settings import FetchSettings  # noqa: E402
 from taisu_etl.images import ImageConfig  # noqa: E402
-from taisu_etl.stages.fetch import fetch_shard  # noqa: E402
+from taisu_etl.stages.fetch import FetchReport, fetch_shard  # noqa: E402
 from taisu_etl.stages.ingest import ingest_file  # noqa: E402
 from taisu_etl.stages.text_filter import filter_shard  # noqa: E402
-from taisu_etl.storage import LocalObjectStore, S3ObjectStore  # noqa: E402
+from taisu_etl.storage import LocalObjectStore, ObjectStore, S3ObjectStore  # noqa: E402
 from taisu_etl.synthweb import SyntheticWeb, make_pairs  # noqa: E402
 from taisu_etl.text import TextFilter  # noqa: E402
+
+BENCH_DIR = Path(__file__).resolve().parent
+S3RVER_BIN = BENCH_DIR / ".s3rver" / "node_modules" / ".bin" / "s3rver"
+S3_STANDINS = ("s3rver", "moto")
+BUCKET = "taisu"
 
 
 def _free_port() -> int:
@@ -46,19 +63,98 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_s3() -> tuple[subprocess.Popen[bytes], str]:
-    """moto's S3 server in its own process on 127.0.0.1 (the CI stand-in for MinIO)."""
-    port = _free_port()
-    moto = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
+@dataclass
+class S3Server:
+    """An S3 stand-in running in its own process on 127.0.0.1."""
+
+    kind: str
+    proc: subprocess.Popen[bytes]
+    endpoint: str
+    access_key: str
+    secret_key: str
+    data_dir: Path | None = None
+
+    def store(self) -> S3ObjectStore:
+        return S3ObjectStore(self.endpoint, self.access_key, self.secret_key, BUCKET, create_bucket=True)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port: int, what: str) -> None:
+    for _ in range(150):
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with code {proc.returncode} at start-up")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, f"http://127.0.0.1:{port}"
+            return
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise SystemExit("moto_server did not start")
+    raise SystemExit(f"{what} did not start listening on 127.0.0.1:{port}")
+
+
+def start_s3(kind: str, workdir: Path) -> S3Server:
+    port = _free_port()
+    if kind == "moto":
+        moto = Path(sys.executable).with_name("moto_server")
+        proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(proc, port, "moto_server")
+        return S3Server(kind, proc, f"http://127.0.0.1:{port}", "bench", "bench-secret")
+    if kind == "s3rver":
+        if not S3RVER_BIN.exists():
+            raise SystemExit(f"{S3RVER_BIN} not found: run `bash bench/s3rver_env.sh` first")
+        data = Path(tempfile.mkdtemp(prefix="s3rver-", dir=workdir))
+        proc = subprocess.Popen([str(S3RVER_BIN), "-d", str(data), "-a", "127.0.0.1", "-p", str(port), "--silent"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(proc, port, "s3rver")
+        return S3Server(kind, proc, f"http://127.0.0.1:{port}", "S3RVER", "S3RVER", data)
+    raise ValueError(kind)
+
+
+def round_trip(store: ObjectStore) -> None:
+    """PUT, GET and stat one object: the stand-in really stores what it is sent."""
+    payload = os.urandom(4096)
+    put = store.put_image(payload, check_existing=False)
+    if store.get(put.key) != payload:
+        raise SystemExit(f"{store.describe()}: GET did not return the bytes PUT")
+    info = store.stat(put.key)
+    if info is None or info.size != len(payload):
+        raise SystemExit(f"{store.describe()}: stat says {info and info.size} bytes, PUT {len(payload)}")
+
+
+def probe_puts(store: ObjectStore, *, n: int = 3000, threads: int = 64, size: int = 2800) -> float:
+    """PUT/s the store accepts from `threads` threads of distinct `size`-byte objects."""
+    blobs = [os.urandom(size) for _ in range(n)]
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda b: store.put_image(b, check_existing=False), blobs))
+    return n / (time.perf_counter() - t0)
+
+
+def fresh_ledger(db_url: str, urls: Path) -> Ledger:
+    _reset_database(db_url)
+    upgrade(make_engine(db_url))
+    ledger = Ledger.open(db_url, shards=1, recipe_version="bench")
+    ingest_file(ledger, urls)
+    filter_shard(ledger, TextFilter())
+    return ledger
+
+
+def _stores(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in ("s3", "local", *S3_STANDINS)]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"stores are s3, s3rver, moto and local; not {', '.join(bad) or 'nothing'}")
+    return names
 
 
 def main() -> int:
@@ -67,61 +163,90 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=1, help="img2dataset processes")
     ap.add_argument("--threads", type=int, default=64, help="img2dataset threads per process")
     ap.add_argument("--decode-workers", type=int, default=2, help="taisu-etl decode processes")
+    ap.add_argument("--s3", choices=S3_STANDINS, default=None,
+                    help="the S3 stand-in meant by `s3` in --stores (default: s3rver when installed, else moto)")
+    ap.add_argument("--stores", type=_stores, default=["s3", "local"],
+                    help="object stores taisu-etl runs against, in order: s3, s3rver, moto, local (default s3,local)")
+    ap.add_argument("--peer", default="none,default",
+                    help="img2dataset re-encode modes to run: none, skip, default (comma list; empty = no peer)")
+    ap.add_argument("--probe-s3", action="store_true", help="also measure each S3 stand-in's PUT/s ceiling")
     ap.add_argument("--db-url", default=os.environ.get("TAISU_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/taisu_bench_fetch"))
     args = ap.parse_args()
     budget = args.processes * args.threads
+    s3_default = args.s3 or ("s3rver" if S3RVER_BIN.exists() else "moto")
+    if args.s3 is None:
+        print(f"S3 stand-in: {s3_default}" + ("" if s3_default == "s3rver" else
+              f" ({S3RVER_BIN} not found; `bash bench/s3rver_env.sh` installs the faster s3rver)"))
+    stores = list(dict.fromkeys(s3_default if s == "s3" else s for s in args.stores))
+    peer_modes = [m.strip() for m in args.peer.split(",") if m.strip()]
 
     tmp = Path(tempfile.mkdtemp(prefix="taisu-bench-fetch-"))
-    s3, endpoint = start_s3()
+    servers: dict[str, S3Server] = {}
+    probes: dict[str, float] = {}
+    peers: dict[str, dict] = {}
+    ours: dict[str, FetchReport] = {}
     try:
+        for kind in dict.fromkeys([s for s in stores if s in S3_STANDINS] + (list(S3_STANDINS) if args.probe_s3 else [])):
+            if kind == "s3rver" and not S3RVER_BIN.exists():
+                print("  (s3rver not installed: no probe)")
+                continue
+            servers[kind] = start_s3(kind, tmp)
+            store = servers[kind].store()
+            store.check()
+            round_trip(store)
+            print(f"{kind}: S3 at {servers[kind].endpoint}, bucket {BUCKET}: PUT + GET round trip ok")
+            if args.probe_s3:
+                probes[kind] = probe_puts(store)
+                print(f"{kind}: {probes[kind]:,.0f} PUT/s (64 threads, 2.8 KB objects, no fetching)")
+
         pairs = make_pairs(args.images, seed=42)
         t0 = time.perf_counter()
         with SyntheticWeb(pairs, processes=1) as web:
             print(f"synthetic web: {args.images:,} images at {web.base_url} (rendered in {time.perf_counter() - t0:.1f} s)")
             urls = web.write_url_list(tmp / "urls.csv", pairs).urls
-
-            peer = run_img2dataset(urls, tmp / "img2dataset", processes=args.processes, threads=args.threads)
-            peer_re = run_img2dataset(urls, tmp / "img2dataset-reencode", processes=args.processes, threads=args.threads,
-                                      reencode="default")
-
-            _reset_database(args.db_url)
-            upgrade(make_engine(args.db_url))
-            ledger = Ledger.open(args.db_url, shards=1, recipe_version="bench")
-            ingest_file(ledger, urls)
-            filter_shard(ledger, TextFilter())
-            store = S3ObjectStore(endpoint, "bench", "bench-secret", "taisu-bench", create_bucket=True)
-            store.check()
+            for mode in peer_modes:
+                peers[mode] = run_img2dataset(urls, tmp / f"img2dataset-{mode}", processes=args.processes,
+                                              threads=args.threads, reencode=mode)
+                print(f"  img2dataset ({mode}): {peers[mode]['samples_per_s']:,.0f} samples/s")
             settings = FetchSettings(allow_loopback=(web.netloc,), concurrency=budget, per_host_concurrency=budget,
                                      per_host_rate=None, batch_size=2000)
-            ours = fetch_shard(ledger, store, settings, ImageConfig(), shard=0, decode_workers=args.decode_workers)
-            stored = ours.states.get("fetched", 0)
-            # The same run with a local object store: shows what the S3 stand-in costs.
-            _reset_database(args.db_url)
-            upgrade(make_engine(args.db_url))
-            ledger = Ledger.open(args.db_url, shards=1, recipe_version="bench")
-            ingest_file(ledger, urls)
-            filter_shard(ledger, TextFilter())
-            local = fetch_shard(ledger, LocalObjectStore(tmp / "objects"), settings, ImageConfig(), shard=0, decode_workers=args.decode_workers)
+            for name in stores:
+                ledger = fresh_ledger(args.db_url, urls)
+                if name == "local":
+                    store: ObjectStore = LocalObjectStore(tmp / "objects")
+                else:
+                    store = servers[name].store()
+                ours[name] = fetch_shard(ledger, store, settings, ImageConfig(), shard=0, decode_workers=args.decode_workers)
+                ok = ours[name].states.get("fetched", 0)
+                print(f"  taisu-etl ({name}): {ok / ours[name].seconds:,.0f} samples/s")
     finally:
-        s3.terminate()
+        for server in servers.values():
+            server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    ours_rate = stored / ours.seconds
     print(f"fetch benchmark, {args.images:,} loopback images, concurrency budget {budget} ({args.processes} x {args.threads})")
-    for label, run in (("img2dataset, bytes as downloaded", peer), ("img2dataset, decode + JPEG re-encode", peer_re)):
-        print(f"  {label:<38}{run['samples']:>7,} ok  {run['seconds']:6.1f} s  {run['samples_per_s']:8,.0f} samples/s "
+    labels = {"none": "bytes as downloaded", "skip": "decode, original bytes", "default": "decode + JPEG re-encode"}
+    for mode, run in peers.items():
+        label = f"img2dataset, {labels[mode]}"
+        print(f"  {label:<40}{run['samples']:>7,} ok  {run['seconds']:6.1f} s  {run['samples_per_s']:8,.0f} samples/s "
               f"(download phase alone: {run['samples_per_s_in_shards']:,.0f}/s)")
-    print(f"  {'taisu-etl fetch stage (full work)':<38}{stored:>7,} ok  {ours.seconds:6.1f} s  {ours_rate:8,.0f} samples/s")
-    local_rate = local.states.get("fetched", 0) / local.seconds
-    print(f"  {'  the same, local-folder object store':<38}{local.states.get('fetched', 0):>7,} ok  {local.seconds:6.1f} s  {local_rate:8,.0f} samples/s "
-          f"(ratio {local_rate / peer['samples_per_s']:.2f} / {local_rate / peer_re['samples_per_s']:.2f})")
-    print(f"  ratio taisu-etl / img2dataset (wall, start-up included on both sides): {ours_rate / peer['samples_per_s']:.2f} "
-          f"against its cheapest mode, {ours_rate / peer_re['samples_per_s']:.2f} against decode + re-encode (target >= 1.0, aim 2.0)")
-    print(f"  ratio against img2dataset's download phase alone (its start-up excluded, ours included): "
-          f"{ours_rate / peer['samples_per_s_in_shards']:.2f} / {ours_rate / peer_re['samples_per_s_in_shards']:.2f}")
-    print(f"  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, S3 PUT to {endpoint} (moto), "
-          "Postgres ledger event; failures: " + (", ".join(f"{r} {n}" for r, n in ours.reasons.items() if r != "ok") or "none"))
-    print(f"reproduce: bash bench/peer_env.sh && python bench/fetch.py --images {args.images} --processes {args.processes} --threads {args.threads}")
+    for name, rep in ours.items():
+        ok = rep.states.get("fetched", 0)
+        rate = ok / rep.seconds
+        where = "local-folder object store" if name == "local" else f"S3 PUT to {name}"
+        label = f"taisu-etl, {where}"
+        ratios = " / ".join(f"{rate / run['samples_per_s']:.2f}" for run in peers.values())
+        print(f"  {label:<40}{ok:>7,} ok  {rep.seconds:6.1f} s  {rate:8,.0f} samples/s"
+              + (f"  ratio {ratios} (vs {', '.join(peers)})" if peers else ""))
+        failures = ", ".join(f"{r} {n}" for r, n in rep.reasons.items() if r != "ok")
+        if failures:
+            print(f"      failures: {failures}")
+    for kind, rate in probes.items():
+        print(f"  S3 stand-in ceiling, {kind}: {rate:,.0f} PUT/s (64 threads, 2.8 KB)")
+    print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
+          "Postgres ledger event; target ratio >= 1.0 against img2dataset's cheapest mode (none), aim 2.0")
+    print(f"reproduce: bash bench/peer_env.sh && bash bench/s3rver_env.sh && python bench/fetch.py --images {args.images} "
+          f"--processes {args.processes} --threads {args.threads} --stores {','.join(stores)}")
     return 0
 
 

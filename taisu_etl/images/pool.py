@@ -21,7 +21,6 @@ the bookkeeping, so `submit` can be called from any thread and awaited from asyn
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import selectors
 import signal
@@ -36,6 +35,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any, Final, TypeAlias
 
+from taisu_etl.images._launch import process_factory
 from taisu_etl.images.config import ImageConfig
 from taisu_etl.images.decode import normalise_image, warm_up
 from taisu_etl.images.results import ImageRejection, NormalisedImage
@@ -123,18 +123,19 @@ class DecodePool:
         self._chunk_bytes = chunk_bytes
         self._max_tasks = max_tasks_per_worker
         self._initializer = initializer
-        # spawn: a fresh interpreter per worker. fork would copy the caller's threads' locks
-        # (aiohttp, the dispatcher itself) into the child. A spawned worker costs about a second
-        # of CPU (interpreter, Pillow, numpy, scipy, warm-up), which is why recycling is rare
-        # (every 10,000 images: well under 1% of their decoding time) and crashes are cheap
-        # enough. As with any spawn pool, a script that builds one needs the
-        # `if __name__ == "__main__":` guard, since workers import the main module.
-        self._ctx = multiprocessing.get_context(mp_context or "spawn")
+        # Workers come from a fork server (see `_launch`): a clean single-threaded process that
+        # imported the decode stack once and forks each worker in milliseconds. Plain fork would
+        # copy the caller's threads' locks (aiohttp, the dispatcher itself) into the child, and
+        # spawn costs a fresh interpreter per worker (Pillow, numpy, scipy: ~1 s of CPU) plus a
+        # re-run of the caller's main script. `mp_context="spawn"` still gives that; there, a
+        # script that builds a pool needs the `if __name__ == "__main__":` guard.
+        self._ctx, self._process_cls = process_factory(mp_context, fn, initializer)
 
         self._lock = threading.Lock()
         self._pending: deque[_Task] = deque()
         self._closing = False
         self._broken: str | None = None
+        self._wake_sent = False  # a submit's wake-up byte is unread (guarded by _lock)
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -197,7 +198,12 @@ class DecodePool:
             if self._broken:
                 raise RuntimeError(self._broken)
             self._pending.extend(tasks)
-        self._wake()
+            # One wake-up byte per dispatcher wake, not per image: while one is unread the
+            # dispatcher will look at the queue anyway (it clears the flag before it does).
+            wake = not self._wake_sent
+            self._wake_sent = True
+        if wake:
+            self._wake()
         return [t.future for t in tasks]
 
     def _wake(self) -> None:
@@ -210,7 +216,7 @@ class DecodePool:
 
     def _add_worker(self) -> None:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
+        process = self._process_cls(
             target=_worker_main,
             args=(child, self._fn, self.config, self._initializer),
             name="taisu-decode",
@@ -311,6 +317,12 @@ class DecodePool:
                 pass
         except (BlockingIOError, OSError):
             pass
+        # Cleared after reading, never before: a submit that saw the flag set sent no byte of
+        # its own, and its task is already queued for the `_dispatch` that follows this wait.
+        # Cleared first, a byte sent in between would be read here and the flag left set with
+        # nothing in the socket, so a later submit would wait for a wake-up that never comes.
+        with self._lock:
+            self._wake_sent = False
 
     def _receive(self, w: _Worker) -> None:
         # One message per wake-up: Connection.poll() builds a new selector per call, which

@@ -105,7 +105,9 @@ class S3ObjectStore(ObjectStore):
         self._read_timeout_s = read_timeout_s
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-            maxsize=16,
+            # As many kept-alive connections as the fetch stage has upload threads (64): with
+            # fewer, every upload beyond the pool's size opens and then drops a connection.
+            maxsize=64,
             cert_reqs="CERT_REQUIRED",
             ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
             # One retry per failure kind: enough for a dropped keep-alive connection, few

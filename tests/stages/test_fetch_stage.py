@@ -179,3 +179,45 @@ def test_a_failing_store_leaves_samples_due_for_retry_not_stranded(ledger: Ledge
     assert set(states(ledger).values()) == {("fetch_retry", "stage_error")}
     with ledger.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT COUNT(*) FROM sample_state WHERE lease_owner IS NOT NULL")).scalar_one() == 0
+
+
+def test_bands_are_written_in_one_statement_with_add_bands_rows(ledger: Ledger) -> None:
+    # The stage's own band writer (one unnest INSERT on Postgres) must leave exactly the rows
+    # image_index.add_bands leaves, and re-adding must stay a no-op.
+    from taisu_etl.db.image_index import add_bands
+    from taisu_etl.db.schema import image_band
+    from taisu_etl.images.dedup import phash_bands
+    from taisu_etl.stages.fetch import _add_bands
+
+    rows = [(i, phash_bands(f"{(i * 0x9E3779B97F4A7C15) & (2**64 - 1):016x}", 5)) for i in range(1, 41)]
+
+    def table() -> set[tuple[int, int, str]]:
+        with ledger.engine.connect() as conn:
+            return {tuple(r) for r in conn.execute(sa.select(image_band.c.sample_id, image_band.c.band, image_band.c.value))}  # type: ignore[misc]
+
+    add_bands(ledger, rows[:20])
+    expected = table()
+    _add_bands(ledger, rows[20:])
+    _add_bands(ledger, rows)  # half already there: no error, no duplicates
+    got = table()
+    assert len(got) == 40 * 5
+    assert expected <= got
+    add_bands(ledger, rows[20:])  # the reference writer agrees with what the stage wrote
+    assert table() == got
+    _add_bands(ledger, [])
+
+
+def test_every_stored_image_gets_its_bands(ledger: Ledger, tmp_path: Path) -> None:
+    pairs = make_pairs(30, seed=21)
+    with SyntheticWeb(pairs) as web:
+        rows = [(web.url_for(p.id), f"第{i}张：湖边的一棵老树和远处的山") for i, p in enumerate(pairs)]
+        prepare(ledger, write_list(tmp_path / "t.csv", rows))
+        report = fetch_shard(ledger, LocalObjectStore(tmp_path / "o"), settings_for(web), ImageConfig(), decode_workers=1)
+    assert report.states["fetched"] == 30
+    with ledger.engine.connect() as conn:
+        per_sample = dict(conn.execute(sa.text(
+            "SELECT st.sample_id, COUNT(b.band) FROM sample_state st LEFT JOIN image_band b ON b.sample_id = st.sample_id "
+            "WHERE st.state = 'fetched' GROUP BY st.sample_id")).all())
+        events = conn.execute(sa.text("SELECT COUNT(*) FROM sample_event WHERE stage = 'fetch'")).scalar_one()
+    assert len(per_sample) == 30 and set(per_sample.values()) == {ImageConfig().phash_distance + 1}
+    assert events == 30  # one reason-coded event per sample

@@ -1,0 +1,117 @@
+"""How DecodePool starts its workers: forked from a clean fork server, without the caller's script.
+
+A `spawn` worker is a fresh interpreter that imports Pillow, numpy and scipy (~1 s of CPU) and
+then, like every spawned multiprocessing child, re-runs the parent's main script as `__mp_main__`.
+That second part costs whatever the script imports: ~1.8 s for bench/fetch.py, more for
+Airflow's entry point. On a small machine that was a third of a 3,000-image fetch's CPU.
+
+`forkserver` fixes the first part: one server process is started once per parent process (a
+fresh interpreter, single-threaded, so forking it copies no other thread's locks, which is why
+plain `fork` is not used), imports the decode stack once, and forks each worker from itself in
+milliseconds; crash replacements and recycling become just as cheap. For the second part,
+CPython up to 3.13 still makes every forkserver child re-run the main script (the server's
+`'__main__'` preload looks for a key that `get_preparation_data` never sets), so the `Popen`
+below drops the main-module entry from what the child is told. The worker then runs only code
+it imports by module name: `_worker_main`, the decode function and the initializer. A decode
+function or initializer defined in `__main__` itself keeps the standard launch (which imports
+the script), since the child could not find it otherwise.
+
+Nothing changes in isolation: every worker is still its own process with its own pipe, killed
+and replaced by the pool on a crash or a hang, and the fork server never decodes anything.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+from multiprocessing import context as mp_context
+from multiprocessing import forkserver, reduction, spawn, util
+from multiprocessing.context import BaseContext
+from typing import Any, Final
+
+# Imported once in the fork server, so every worker starts with them loaded.
+PRELOAD: Final = (
+    "taisu_etl.images.decode",
+    "taisu_etl.images.pool",
+    "PIL.JpegImagePlugin",
+    "PIL.PngImagePlugin",
+    "PIL.GifImagePlugin",
+    "PIL.WebPImagePlugin",
+    "scipy.fftpack",  # imagehash.phash imports it lazily
+)
+
+_MAIN_KEYS: Final = ("init_main_from_path", "init_main_from_name")
+
+
+def _lean_supported() -> bool:
+    try:
+        from multiprocessing import popen_forkserver  # noqa: F401 - POSIX only
+    except ImportError:
+        return False
+    return (
+        "forkserver" in multiprocessing.get_all_start_methods()
+        and hasattr(forkserver, "connect_to_new_process")
+        and hasattr(forkserver, "read_signed")
+        and hasattr(spawn, "get_preparation_data")
+    )
+
+
+def _defined_in_main(fn: Any) -> bool:
+    while hasattr(fn, "func"):  # functools.partial
+        fn = fn.func
+    return getattr(fn, "__module__", None) == "__main__"
+
+
+if _lean_supported():
+    from multiprocessing import popen_forkserver
+
+    class _LeanPopen(popen_forkserver.Popen):  # type: ignore[misc]
+        """`popen_forkserver.Popen._launch`, minus the parent's main module in the preparation data."""
+
+        def _launch(self, process_obj: Any) -> None:
+            prep_data = spawn.get_preparation_data(process_obj._name)
+            for key in _MAIN_KEYS:
+                prep_data.pop(key, None)
+            buf = io.BytesIO()
+            mp_context.set_spawning_popen(self)
+            try:
+                reduction.dump(prep_data, buf)
+                reduction.dump(process_obj, buf)
+            finally:
+                mp_context.set_spawning_popen(None)
+            self.sentinel, w = forkserver.connect_to_new_process(self._fds)
+            _parent_w = os.dup(w)
+            self.finalizer = util.Finalize(self, util.close_fds, (_parent_w, self.sentinel))
+            with open(w, "wb", closefd=True) as f:
+                f.write(buf.getbuffer())
+            self.pid = forkserver.read_signed(self.sentinel)
+
+    class LeanForkServerProcess(mp_context.ForkServerProcess):  # type: ignore[misc,valid-type]
+        _start_method = "forkserver"
+
+        @staticmethod
+        def _Popen(process_obj: Any) -> Any:
+            return _LeanPopen(process_obj)
+
+else:  # pragma: no cover - Windows, or a CPython whose forkserver internals moved
+    LeanForkServerProcess = None  # type: ignore[assignment,misc]
+
+
+def default_start_method() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def process_factory(start_method: str | None, *code: Any) -> tuple[BaseContext, Any]:
+    """The multiprocessing context for `start_method` (default: forkserver where there is one)
+    and the Process class to start workers with. `code`: the callables the worker must find."""
+    method = start_method or default_start_method()
+    ctx = multiprocessing.get_context(method)
+    if method != "forkserver":
+        return ctx, ctx.Process
+    # Ignored by a fork server that already runs (another pool started it): its workers then
+    # import what they need themselves, which is slower but the same.
+    forkserver.set_forkserver_preload(list(PRELOAD))
+    if LeanForkServerProcess is None or any(_defined_in_main(c) for c in code if c is not None):
+        return ctx, ctx.Process
+    return ctx, LeanForkServerProcess
