@@ -1,0 +1,69 @@
+"""What names a model: architecture, weights, tokenizer (no torch needed to build one)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from taisu_etl.models.errors import ModelError
+
+TINY_DIR = Path(__file__).resolve().parent / "tiny"
+BUILTIN_PREFIX = "builtin:"
+STORE_PREFIX = "store:"
+SENTENCEPIECE_PREFIX = "sentencepiece:"
+
+# name -> (config file, checkpoint file) inside TINY_DIR; the tokenizer is shared.
+BUILTINS: dict[str, tuple[str, str]] = {
+    "tiny-clip": ("tiny-clip.json", "tiny-clip.pt"),
+    "tiny-coca": ("tiny-coca.json", "tiny-coca.pt"),
+}
+BUILTIN_TOKENIZER = "tiny-zh.model"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to load.
+
+    arch: an open_clip built-in model name, a path to an open_clip JSON config (the model name is
+        the file stem), or "builtin:tiny-clip" / "builtin:tiny-coca".
+    checkpoint: a local file, or "store:<object key>" read through the ObjectStore given to
+        `load`; "" means random initial weights (seeded, for tests only).
+    tokenizer: "open_clip" (the arch's own), "sentencepiece:<path to .model>", or "builtin" (the
+        tiny models' vocabulary).
+    context_length: tokens per text; default: the arch's.
+    """
+
+    arch: str
+    checkpoint: str
+    tokenizer: str = "open_clip"
+    context_length: int | None = None
+
+
+def builtin_spec(name: str) -> ModelSpec:
+    """The committed tiny model `name` ("tiny-clip" or "tiny-coca"), with paths inside the package."""
+    name = name.removeprefix(BUILTIN_PREFIX)
+    if name not in BUILTINS:
+        raise ModelError(f"unknown built-in model {name!r}; known: {', '.join(BUILTINS)}")
+    return ModelSpec(arch=BUILTIN_PREFIX + name, checkpoint=str(TINY_DIR / BUILTINS[name][1]), tokenizer="builtin")
+
+
+def parse_spec(text: str) -> ModelSpec:
+    """A spec from one command-line word: "tiny-clip", "builtin:tiny-coca", or
+    "ARCH=CHECKPOINT[,tokenizer=...][,context_length=N]"."""
+    text = text.strip()
+    if text.removeprefix(BUILTIN_PREFIX) in BUILTINS:
+        return builtin_spec(text)
+    arch, sep, rest = text.partition("=")
+    if not sep:
+        raise ModelError(f"bad model spec {text!r}; use tiny-clip, tiny-coca or ARCH=CHECKPOINT[,tokenizer=T][,context_length=N]")
+    checkpoint, *options = rest.split(",")
+    kwargs: dict[str, object] = {}
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "tokenizer":
+            kwargs["tokenizer"] = value
+        elif key == "context_length" and value.isdigit():
+            kwargs["context_length"] = int(value)
+        else:
+            raise ModelError(f"bad option {option!r} in model spec {text!r}; known: tokenizer=, context_length=")
+    return ModelSpec(arch=arch, checkpoint=checkpoint, **kwargs)  # type: ignore[arg-type]
