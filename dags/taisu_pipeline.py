@@ -9,9 +9,13 @@ Builds a Chinese image-text dataset the way TaiSu was built, sample by sample in
 3. **text_filter** runs the caption rules before any download (one mapped task per shard);
 4. **fetch** downloads, checks and stores images (one mapped task per shard, in the `fetch` pool);
 5. **dedup** links exact and near duplicates to their first sample (one mapped task per shard);
-6. **funnel** logs how many samples each stage kept, and why the rest were dropped.
+6. **score** filters pairs by image-text retrieval with an open_clip model (TaiSu's rule, a
+   threshold or a quantile; one mapped task per shard, on the `[score] queue`);
+7. **caption** writes generated captions for accepted images, filtered and retrieval-checked
+   (one mapped task per shard, on the `[caption] queue`);
+8. **funnel** logs how many samples each stage kept, and why the rest were dropped.
 
-Stages that are not built yet (score, caption) are listed in the README.
+Releases are made by the `taisu_release` DAG.
 All logic lives in `taisu_etl.tasks`; this file only wires it together. Settings come from
 `TAISU_*` variables or the `recipe` parameter.
 """
@@ -22,6 +26,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
+
+
+def _queue(stage: str) -> str:
+    # Read at parse time so a GPU worker (`airflow celery worker -q gpu`) can take the model stages.
+    from taisu_etl.tasks import queue_of
+
+    return queue_of(stage)
 
 
 @dag(
@@ -104,6 +115,34 @@ def taisu_pipeline() -> None:
         return tasks.dedup(shard, recipe, context)
 
     @task
+    def shards_to_score(reports: list[dict], recipe: str) -> list[int]:
+        from taisu_etl import tasks
+
+        return tasks.shards_in("image_ok", recipe)
+
+    @task(map_index_template="{{ shard_name }}", queue=_queue("score"))
+    def score(shard: int, recipe: str) -> dict:
+        from taisu_etl import tasks
+
+        context = get_current_context()
+        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
+        return tasks.score(shard, recipe, context)
+
+    @task
+    def shards_to_caption(reports: list[dict], recipe: str) -> list[int]:
+        from taisu_etl import tasks
+
+        return tasks.shards_in("accepted", recipe)
+
+    @task(map_index_template="{{ shard_name }}", queue=_queue("caption"))
+    def caption(shard: int, recipe: str) -> dict:
+        from taisu_etl import tasks
+
+        context = get_current_context()
+        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
+        return tasks.caption(shard, recipe, context)
+
+    @task
     def funnel(reports: list[dict], recipe: str) -> str:
         from taisu_etl import tasks
 
@@ -118,7 +157,9 @@ def taisu_pipeline() -> None:
     filtered = text_filter.partial(recipe=recipe).expand(shard=shards)
     fetched = fetch.partial(recipe=recipe).expand(shard=shards_to_fetch(filtered, recipe))
     deduped = dedup.partial(recipe=recipe).expand(shard=shards_to_dedup(fetched, recipe))
-    funnel(deduped, recipe)
+    scored = score.partial(recipe=recipe).expand(shard=shards_to_score(deduped, recipe))
+    captioned = caption.partial(recipe=recipe).expand(shard=shards_to_caption(scored, recipe))
+    funnel(captioned, recipe)
 
 
 taisu_pipeline()

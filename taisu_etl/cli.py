@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from taisu_etl.config import Settings, load_settings
-from taisu_etl.errors import TaisuError
+from taisu_etl.errors import InputError, TaisuError
 
 app = typer.Typer(
     help="taisu-etl: build Chinese image-text datasets the way TaiSu was built, tracked sample by sample.",
@@ -24,6 +24,20 @@ config_app = typer.Typer(help="Settings and recipes.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(storage_app, name="storage")
 app.add_typer(config_app, name="config")
+tokenizer_app = typer.Typer(help="Chinese SentencePiece vocabularies for the models' text towers.", no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+def _mount_subcommands() -> None:
+    # Their modules import no torch at import time, so `taisu-etl --help` stays fast.
+    from taisu_etl.models.cli import models_app
+    from taisu_etl.release.cli import release_app
+
+    app.add_typer(models_app, name="models")
+    app.add_typer(release_app, name="release")
+
+
+_mount_subcommands()
 
 RecipeOpt = Annotated[
     Optional[Path],
@@ -162,6 +176,43 @@ def dedup_cmd(
     typer.echo(dedup_shard(open_ledger(settings), open_store(settings), settings.image, shard=shard).summary())
 
 
+@app.command("score")
+def score_cmd(
+    recipe: RecipeOpt = None,
+    shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
+) -> None:
+    """Image-text retrieval filtering: image_ok samples become accepted or score_rejected, scored with the model id."""
+    import logging
+
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.score import score_shard
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = _settings(recipe)
+    report = score_shard(open_ledger(settings), open_store(settings), settings.score, shard=shard,
+                         lease_seconds=settings.pipeline.lease_seconds)
+    typer.echo(report.summary())
+
+
+@app.command("caption")
+def caption_cmd(
+    recipe: RecipeOpt = None,
+    shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
+) -> None:
+    """Generated captions (TaiSu's g) for accepted samples, filtered and checked by retrieval."""
+    import logging
+
+    from taisu_etl.services import open_ledger, open_store
+    from taisu_etl.stages.caption import caption_shard
+    from taisu_etl.text import TextFilter
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = _settings(recipe)
+    report = caption_shard(open_ledger(settings), open_store(settings), settings.caption, settings.score,
+                           TextFilter(settings.text), shard=shard, lease_seconds=settings.pipeline.lease_seconds)
+    typer.echo(report.summary())
+
+
 @app.command("recheck")
 def recheck_cmd(
     recipe: RecipeOpt = None,
@@ -174,6 +225,32 @@ def recheck_cmd(
 
     settings = _settings(recipe)
     typer.echo(recheck(open_ledger(settings), settings.fetch, settings.image, limit=limit, rate=rate).summary())
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    out: Annotated[Path, typer.Option("--out", help="output PREFIX: writes PREFIX.model and PREFIX.vocab")],
+    recipe: RecipeOpt = None,
+    captions_file: Annotated[Optional[Path], typer.Option("--captions-file", help="train on this file (one caption per line) instead of the ledger")] = None,
+    vocab_size: Annotated[int, typer.Option("--vocab-size", help="pieces (TaiSu: 50,000); a small corpus gets fewer")] = 50_000,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="use at most this many captions")] = None,
+    model_type: Annotated[str, typer.Option("--model-type", help="bpe | unigram | char")] = "bpe",
+) -> None:
+    """Train a SentencePiece tokenizer on the ledger's captions that passed the text filter (web and generated)."""
+    from taisu_etl.models.cli import train_from_captions
+    from taisu_etl.models.tokenizer import SentencePieceTokenizer
+
+    if captions_file is not None:
+        if not captions_file.is_file():
+            raise InputError(str(captions_file), "no such captions file")
+        fh = captions_file.open(encoding="utf-8")
+        captions = (line.rstrip("\n") for line in fh)
+    else:
+        from taisu_etl.services import open_ledger
+
+        captions = open_ledger(_settings(recipe)).iter_captions()
+    model = train_from_captions(captions, out, vocab_size, limit=limit, model_type=model_type)
+    typer.echo(f"wrote {model} ({SentencePieceTokenizer(model).vocab_size:,} pieces)")
 
 
 @app.command("reasons")
@@ -212,17 +289,26 @@ def storage_init(recipe: RecipeOpt = None) -> None:
 
 
 @app.command("demo")
-def demo(recipe: RecipeOpt = None) -> None:
-    """The main job: start a synthetic web on 127.0.0.1 and run the pipeline DAG on it with embedded
-    defaults (SQLite ledger, local object store under ./var); print the funnel."""
+def demo(
+    recipe: RecipeOpt = None,
+    release_name: Annotated[Optional[str], typer.Option("--release", help="name of the demo release (default: demo-<time>)")] = None,
+) -> None:
+    """The main job: start a synthetic web on 127.0.0.1, run the pipeline DAG on it (ingest, text
+    filter, fetch, checks/dedup, score, caption) and the release DAG, with embedded defaults (SQLite
+    ledger, local object store under ./var); print the funnel and where the release is."""
     import os
+    import time
 
     from taisu_etl.airflow_local import run_dag
     from taisu_etl.demo import demo_web, write_demo_sources
     from taisu_etl.reports import format_funnel
     from taisu_etl.services import open_ledger
 
+    # Few shards: the demo has about a hundred images, and TaiSu's rule needs groups to rank within.
+    os.environ.setdefault("TAISU_PIPELINE__SHARDS", "2")
     settings = _settings(recipe)
+    name = release_name or time.strftime("demo-%Y%m%d-%H%M%S")
+    recipe_arg = str(recipe.resolve()) if recipe else ""
     with demo_web() as web:
         sources = write_demo_sources(web, settings.home / "demo")
         # The one loopback host the fetcher may use; every other local or private address stays refused.
@@ -234,15 +320,23 @@ def demo(recipe: RecipeOpt = None) -> None:
         typer.echo(f"ledger: {settings.ledger_url_safe}\nobject store: {settings.store} "
                    f"({settings.objects_root if settings.store == 'local' else settings.s3_endpoint})")
         typer.echo(f"running the taisu_pipeline DAG with Airflow (dag.test); its log: {settings.home / 'airflow' / 'taisu_pipeline.log'}")
-        conf = {"sources": [str(p.resolve()) for p in sources], "recipe": str(recipe.resolve()) if recipe else ""}
+        conf = {"sources": [str(p.resolve()) for p in sources], "recipe": recipe_arg}
         run_dag("taisu_pipeline", conf, settings.home / "airflow")
+    typer.echo(f"running the taisu_release DAG: release {name!r}; its log: {settings.home / 'airflow' / 'taisu_release.log'}")
+    run_dag("taisu_release", {"name": name, "recipe": recipe_arg, "tgz": True}, settings.home / "airflow")
     ledger = open_ledger(settings)
     typer.echo("\nfunnel (how many samples each stage kept, and why the rest were dropped):")
     typer.echo(format_funnel(ledger.funnel(), ledger.reason_counts()))
     if settings.db_url is None:
         typer.echo(f"\nask the ledger:   sqlite3 {settings.home / 'ledger.db'} 'SELECT * FROM v_rejections'")
     if settings.store == "local":
+        where = settings.objects_root / "releases" / name
         typer.echo(f"stored images:    {settings.objects_root / 'images'}")
+        typer.echo(f"release:          {where}  (manifest.json, SHA256SUMS, TaiSu parts, webdataset, Parquet)")
+        typer.echo(f"dataset card:     {where / 'README.md'}")
+    else:
+        typer.echo(f"release:          s3://{settings.s3_bucket}/releases/{name}/  (dataset card: README.md there)")
+    typer.echo(f"check it:         taisu-etl release verify {name}")
 
 
 def main() -> None:

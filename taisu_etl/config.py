@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from taisu_etl.errors import ConfigError
 from taisu_etl.fetch.settings import FetchSettings
 from taisu_etl.images.config import ImageConfig
+from taisu_etl.stages.model_config import CaptionConfig, ScoreConfig
 from taisu_etl.text.config import TextFilterConfig
 
 
@@ -54,6 +55,8 @@ class Settings(BaseSettings):
     text: TextFilterConfig = TextFilterConfig()
     fetch: FetchSettings = FetchSettings()
     image: ImageConfig = ImageConfig()
+    score: ScoreConfig = ScoreConfig()
+    caption: CaptionConfig = CaptionConfig()
 
     @model_validator(mode="after")
     def _s3_needs_endpoint(self) -> "Settings":

@@ -103,6 +103,67 @@ def dedup(shard: int, recipe: str | None = None, context: Mapping[str, Any] | No
         return _finish(dedup_shard(ledger, open_store(settings), settings.image, shard=shard, ctx=_ctx(context, settings.recipe_version)))
 
 
+def score(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.services import open_store
+    from taisu_etl.stages.score import score_shard
+
+    with _opened(recipe) as (settings, ledger):
+        return _finish(score_shard(ledger, open_store(settings), settings.score, shard=shard,
+                                   ctx=_ctx(context, settings.recipe_version), lease_seconds=settings.pipeline.lease_seconds))
+
+
+def caption(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.services import open_store
+    from taisu_etl.stages.caption import caption_shard
+    from taisu_etl.text import TextFilter
+
+    with _opened(recipe) as (settings, ledger):
+        return _finish(caption_shard(ledger, open_store(settings), settings.caption, settings.score, TextFilter(settings.text),
+                                     shard=shard, ctx=_ctx(context, settings.recipe_version),
+                                     lease_seconds=settings.pipeline.lease_seconds))
+
+
+def release_create(name: str, options: Mapping[str, Any], recipe: str | None = None,
+                   context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build and publish a release from the release DAG's form (empty fields take the defaults)."""
+    from taisu_etl.release import LATEST, ReleaseOptions, create_release
+    from taisu_etl.services import open_store
+
+    opts = {k: v for k, v in options.items() if v not in (None, "", "None")}
+    release_options = ReleaseOptions(
+        min_score=float(opts["min_score"]) if "min_score" in opts else None,
+        generated_captions=bool(opts.get("with_generated_captions", True)),
+        sources=tuple(opts.get("sources") or ()),
+        formats=tuple(opts.get("formats") or ("taisu", "webdataset", "parquet")),
+        tgz=bool(opts.get("tgz", False)),
+        shard_size=int(opts.get("shard_size", 10_000)),
+        parent=opts.get("parent") or LATEST,
+    )
+    with _opened(recipe) as (settings, ledger):
+        report = create_release(ledger, open_store(settings), name, release_options,
+                                ctx=_ctx(context, settings.recipe_version), progress=log.info)
+        return _finish(report)
+
+
+def release_verify(name: str, recipe: str | None = None) -> dict[str, Any]:
+    """Re-check a published release; fails the task when anything does not match its manifest."""
+    from taisu_etl.release import ReleaseError, verify_release
+    from taisu_etl.services import open_store
+
+    with _opened(recipe) as (settings, ledger):
+        report = verify_release(open_store(settings), name, ledger=ledger)
+    log.info("%s", report.summary())
+    if not report.ok:
+        raise ReleaseError(report.summary())
+    return report.as_dict()
+
+
+def queue_of(stage: str) -> str:
+    """The Airflow queue a model stage runs on (`[score] queue` / `[caption] queue`), read when the DAG is parsed."""
+    settings = load_settings(None)
+    return getattr(settings, stage).queue
+
+
 def recheck(limit: int, rate: float, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
     from taisu_etl.stages.recheck import recheck as run
 

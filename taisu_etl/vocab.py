@@ -24,7 +24,7 @@ class State(StrEnum):
     IMAGE_OK = "image_ok"            # passed image checks and dedup; waiting for scoring
     SCORE_REJECTED = "score_rejected"  # failed retrieval filtering (terminal)
     ACCEPTED = "accepted"            # passed retrieval filtering; waiting for captions
-    CAPTIONED = "captioned"          # accepted and has a generated caption
+    CAPTIONED = "captioned"          # accepted; the caption stage ran (gen_caption set unless caption_rejected)
     TAKEN_DOWN = "taken_down"        # removed on a rights holder's request (terminal)
 
 
@@ -103,6 +103,9 @@ REASONS: dict[str, tuple[Stage, str]] = {
     # scoring
     "retrieval_miss": (Stage.SCORE, "TaiSu's rule: neither direction ranked the pair first"),
     "low_score": (Stage.SCORE, "cosine score below the threshold or quantile"),
+    "unreadable_image": (Stage.SCORE, "the stored image could not be read or decoded"),
+    # generated captions
+    "caption_rejected": (Stage.CAPTION, "every generated caption failed the text filter or the retrieval check"),
     # recheck of stored samples' URLs (the sample's state does not change)
     "url_alive": (Stage.RECHECK, "the URL still serves the stored image"),
     "url_changed": (Stage.RECHECK, "the URL serves different bytes now; recorded as a new candidate"),

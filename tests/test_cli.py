@@ -117,4 +117,5 @@ def test_the_example_recipe_is_valid_and_matches_the_defaults(tmp_path: Path) ->
     defaults = load_settings()
     assert settings.text == defaults.text and settings.pipeline == defaults.pipeline
     assert settings.fetch == defaults.fetch and settings.image == defaults.image
+    assert settings.score == defaults.score and settings.caption == defaults.caption
     assert settings.recipe_version == "example-v1"

@@ -511,6 +511,20 @@ class Ledger:
             ).all()
         return sorted(((s, r, n) for s, r, n in rows), key=lambda t: (-t[2], t[0], t[1] or ""))
 
+    def iter_captions(self, *, generated: bool = True, batch_size: int = 5000) -> Iterator[str]:
+        """Every caption that passed the text filter (cleaned form), then the generated ones: streamed."""
+        st = sample_state.c
+        dropped = [State.INGESTED.value, State.TEXT_REJECTED.value]
+        web = sa.select(sa.func.coalesce(sample.c.caption_clean, sample.c.caption)).join(
+            sample_state, st.sample_id == sample.c.id).where(st.state.not_in(dropped))
+        queries = [web]
+        if generated:
+            queries.append(sa.select(sample.c.gen_caption).where(sample.c.gen_caption.is_not(None)))
+        with self.engine.connect() as conn:
+            for query in queries:
+                for text in conn.execution_options(stream_results=True, yield_per=batch_size).execute(query).scalars():
+                    yield text
+
     def events(self, sample_id: int) -> list[dict[str, Any]]:
         """The lineage of one sample, oldest first."""
         with self.engine.connect() as conn:

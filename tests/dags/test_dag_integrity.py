@@ -37,7 +37,7 @@ sys.exit(1 if bag.import_errors else 0)
 def test_dag_files_parse_without_database_or_network(tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-c", PARSE, str(DAGS_FOLDER)], env=airflow_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "DAGS ['taisu_pipeline', 'taisu_recheck']" in res.stdout
+    assert "DAGS ['taisu_pipeline', 'taisu_recheck', 'taisu_release']" in res.stdout
     assert "CHECK taisu_pipeline True ['taisu'] False" in res.stdout
     assert "CHECK taisu_recheck True ['taisu'] False" in res.stdout
 

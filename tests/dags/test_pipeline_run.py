@@ -40,7 +40,11 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
     # 20 synthetic pairs + 13 noisy captions + 15 hostile URLs + 1 robots-disallowed + 2 TaiSu images.
     assert sum(funnel.values()) == 20 + 13 + 15 + 1 + 2
     assert funnel["text_rejected"] == 13 + 1  # the noisy captions, and TaiSu's "图片"
-    assert funnel["image_ok"] + funnel.get("duplicate", 0) == 20 + 1 + 1  # synthetic pairs, exif-rotated, TaiSu a1
+    # Synthetic pairs, exif-rotated, TaiSu a1: each checked, then scored, and captioned if accepted.
+    after_checks = ("image_ok", "duplicate", "score_rejected", "accepted", "captioned")
+    assert sum(funnel.get(s, 0) for s in after_checks) == 20 + 1 + 1
+    assert funnel.get("image_ok", 0) == funnel.get("accepted", 0) == 0  # every stage ran to the end
+    assert funnel["captioned"] >= 12 and ("score_rejected", "retrieval_miss") in reasons
     assert {("expired", "http_404"), ("expired", "http_410"), ("fetch_failed", "blocked_address"), ("fetch_failed", "noai_header"),
             ("fetch_failed", "robots_disallow"), ("fetch_failed", "too_many_pixels"), ("image_rejected", "too_small"),
             ("image_rejected", "bad_aspect")} <= reasons
@@ -49,8 +53,18 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
     with ledger.engine.connect() as conn:
         tasks = {tuple(t) for t in conn.execute(sa.text("SELECT DISTINCT dag_id, task_id, map_index FROM sample_event"))}
         stored = conn.execute(sa.text("SELECT object_key, gen_caption, gen_caption_model, width FROM sample WHERE taisu_id = 'a1'")).one()
-    assert {t for _, t, _ in tasks} == {"ingest", "ingest_taisu", "text_filter", "fetch", "dedup"}
+    assert {t for _, t, _ in tasks} == {"ingest", "ingest_taisu", "text_filter", "fetch", "dedup", "score", "caption"}
     assert {m for _, t, m in tasks if t == "text_filter"} == set(range(4))  # one mapped task per shard
     assert LocalObjectStore(tmp_path / "var" / "objects").exists(stored.object_key)
     assert (stored.gen_caption, stored.gen_caption_model, stored.width) == ("草地上的一只猫", "taisu-release", 256)
+
+    # The release DAG publishes what the pipeline accepted; verify re-reads it against the ledger.
+    run_dag("taisu_release", {"name": "t1", "tgz": True, "shard_size": 5}, tmp_path / "airflow", quiet=True)
+    from taisu_etl.release import read_manifest, verify_release
+
+    store = LocalObjectStore(tmp_path / "var" / "objects")
+    manifest = read_manifest(store, "t1")
+    assert manifest is not None and manifest["counts"]["samples"] == funnel["captioned"]
+    assert verify_release(store, "t1", ledger=ledger).ok
+    assert store.exists("releases/t1/README.md")
     ledger.dispose()

@@ -1,0 +1,169 @@
+"""Score stage: `image_ok` samples become `accepted` or `score_rejected` by image-text retrieval.
+
+Every pair's cosine score is stored with the id of the model that produced it, so a threshold
+chosen for one model is never applied to another's scores. Samples are decided a chunk at a time
+(`chunk_size`, in id order, so a given ledger state always gives the same chunks): TaiSu's
+rule shuffles the chunk into groups of `group_size` with a recorded seed and keeps a pair whose
+image ranks its own caption first among the group's captions, or whose caption ranks its own
+image first; the quantile rule drops the lowest-scoring share of the chunk. Each event records
+the rule, its parameters and the pair's ranks, so "why was this pair dropped?" has an answer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from taisu_etl.db.context import RunContext
+from taisu_etl.db.ledger import Ledger, Outcome
+from taisu_etl.stages.image_batches import ImageBatches
+from taisu_etl.stages.model_config import ScoreConfig
+from taisu_etl.storage import ObjectStore
+from taisu_etl.vocab import Stage, State
+
+if TYPE_CHECKING:
+    from taisu_etl.models import ClipScorer
+
+log = logging.getLogger(__name__)
+
+_COLUMNS = ("id", "object_key", "caption", "caption_clean")
+
+
+@dataclass
+class ScoreReport:
+    shard: int | None
+    model_id: str = ""
+    seen: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+
+    @property
+    def kept(self) -> int:
+        return self.reasons.get("ok", 0)
+
+    def summary(self) -> str:
+        where = f"shard {self.shard}" if self.shard is not None else "all shards"
+        why = ", ".join(f"{r} {n:,}" for r, n in self.reasons.most_common() if r != "ok")
+        rate = self.seen / self.seconds if self.seconds else 0.0
+        return (f"score ({self.model_id}), {where}: {self.seen:,} pairs, {self.kept:,} accepted; "
+                f"rejected: {why or 'none'} ({self.seconds:.1f} s, {rate:.0f} pairs/s)")
+
+    def merge(self, other: "ScoreReport") -> None:
+        self.model_id = other.model_id or self.model_id
+        self.seen += other.seen
+        self.reasons.update(other.reasons)
+        self.seconds += other.seconds
+        self.model_seconds += other.model_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"shard": self.shard, "model": self.model_id, "seen": self.seen, "reasons": dict(self.reasons),
+                "seconds": round(self.seconds, 3), "model_seconds": round(self.model_seconds, 3)}
+
+
+def caption_of(row: dict[str, Any]) -> str:
+    """The web caption a model sees: the text filter's cleaned form when there is one."""
+    return row.get("caption_clean") or row["caption"]
+
+
+def embeddings_key(model_id: str, shard: int | None, first_id: int, last_id: int) -> str:
+    """Where one chunk's embeddings live: per model, per shard, named by the id range."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", model_id)
+    where = f"shard-{shard:05d}" if shard is not None else "unsharded"
+    return f"embeddings/{safe}/{where}/{first_id:012d}-{last_id:012d}.npz"
+
+
+def decide(config: ScoreConfig, image_emb: np.ndarray, text_emb: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    """Apply the recipe's rule to one chunk: (scores, keep, per-pair details)."""
+    from taisu_etl.models.retrieval import pair_scores, quantile_rule, taisu_rule, threshold_rule
+
+    scores = pair_scores(image_emb, text_emb)
+    if config.rule == "taisu":
+        res = taisu_rule(image_emb, text_emb, group_size=config.group_size, seed=config.seed, mode=config.mode)
+        base = {"rule": "taisu", "group_size": config.group_size, "mode": config.mode, "seed": config.seed}
+        details = [{**base, "group": int(g), "image_rank": int(ir), "text_rank": int(tr)}
+                   for g, ir, tr in zip(res.group, res.image_rank, res.text_rank)]
+        return scores, res.keep, details
+    if config.rule == "threshold":
+        return scores, threshold_rule(scores, config.threshold), [{"rule": "threshold", "threshold": config.threshold}] * len(scores)
+    keep, cutoff = quantile_rule(scores, config.quantile)
+    return scores, keep, [{"rule": "quantile", "quantile": config.quantile, "cutoff": round(float(cutoff), 6)}] * len(scores)
+
+
+def score_shard(
+    ledger: Ledger, store: ObjectStore, config: ScoreConfig, *, shard: int | None = None, ctx: RunContext | None = None,
+    scorer: "ClipScorer | None" = None, lease_seconds: int = 3600, progress: Callable[[str], None] | None = None,
+) -> ScoreReport:
+    """Score and decide every `image_ok` sample of `shard` (every shard, one by one, when None)."""
+    if scorer is None:
+        from taisu_etl.models import ClipScorer
+
+        scorer = ClipScorer.load(config.model.spec(), device=config.device, store=store)
+    if shard is None:
+        total = ScoreReport(shard=None, model_id=scorer.model_id)
+        for one in ledger.shards_with(State.IMAGE_OK):
+            total.merge(score_shard(ledger, store, config, shard=one, ctx=ctx, scorer=scorer, lease_seconds=lease_seconds, progress=progress))
+        return total
+    report = ScoreReport(shard=shard, model_id=scorer.model_id)
+    started = time.perf_counter()
+    owner = f"score:{(ctx.worker if ctx else 'cli')}:{uuid.uuid4().hex[:8]}"
+    say = progress or log.info
+    with ImageBatches(store, [scorer.preprocess], batch_size=config.batch_size, workers=config.workers,
+                      prefetch=config.prefetch_batches, draft=scorer.image_size) as batches:
+        while rows := ledger.claim(state=State.IMAGE_OK, owner=owner, shard=shard, limit=config.chunk_size,
+                                   lease_seconds=lease_seconds, columns=_COLUMNS):
+            outcomes = _score_chunk(store, config, scorer, batches, rows, shard, report)
+            report.reasons.update(ledger.apply(outcomes, from_state=State.IMAGE_OK, stage=Stage.SCORE, owner=owner, ctx=ctx))
+            report.seen += len(rows)
+            say(f"score shard {shard}: {report.seen:,} pairs, {report.kept:,} accepted")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _score_chunk(
+    store: ObjectStore, config: ScoreConfig, scorer: "ClipScorer", batches: ImageBatches, rows: list[dict[str, Any]],
+    shard: int | None, report: ScoreReport,
+) -> list[Outcome]:
+    import torch
+
+    outcomes: list[Outcome] = []
+    done: list[dict[str, Any]] = []
+    image_parts: list[np.ndarray] = []
+    text_parts: list[np.ndarray] = []
+    for batch in batches(rows):
+        for row, why in batch.failed:
+            outcomes.append(Outcome(row["id"], State.SCORE_REJECTED, "unreadable_image", {"error": why, "object_key": row["object_key"]}))
+        if not batch.rows:
+            continue
+        t0 = time.perf_counter()
+        image_parts.append(scorer.encode_images(torch.from_numpy(batch.pixels[0])).numpy())
+        text_parts.append(scorer.encode_texts([caption_of(r) for r in batch.rows]).numpy())
+        report.model_seconds += time.perf_counter() - t0
+        done.extend(batch.rows)
+    if not done:
+        return outcomes
+    image_emb, text_emb = np.concatenate(image_parts), np.concatenate(text_parts)
+    scores, keep, details = decide(config, image_emb, text_emb)
+    reject_reason = "retrieval_miss" if config.rule == "taisu" else "low_score"
+    first_id = done[0]["id"]
+    for row, score, kept, detail in zip(done, scores, keep, details):
+        det = {**detail, "model": scorer.model_id, "score": round(float(score), 6), "chunk": first_id}
+        updates = {"score": float(score), "score_model": scorer.model_id}
+        if kept:
+            outcomes.append(Outcome(row["id"], State.ACCEPTED, "ok", det, updates))
+        else:
+            outcomes.append(Outcome(row["id"], State.SCORE_REJECTED, reject_reason, det, updates))
+    if config.store_embeddings:
+        buf = io.BytesIO()
+        np.savez(buf, ids=np.array([r["id"] for r in done], dtype=np.int64),
+                 image=image_emb.astype(np.float16), text=text_emb.astype(np.float16))
+        store.put(embeddings_key(scorer.model_id, shard, first_id, done[-1]["id"]), buf.getvalue(), content_type="application/octet-stream")
+    return outcomes
