@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from taisu_etl.config import Settings, load_settings
-from taisu_etl.errors import InputError, TaisuError
+from taisu_etl.errors import TaisuError
 
 app = typer.Typer(
     help="taisu-etl: build Chinese image-text datasets the way TaiSu was built, tracked sample by sample.",
@@ -24,15 +24,14 @@ config_app = typer.Typer(help="Settings and recipes.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(storage_app, name="storage")
 app.add_typer(config_app, name="config")
-tokenizer_app = typer.Typer(help="Chinese SentencePiece vocabularies for the models' text towers.", no_args_is_help=True)
-app.add_typer(tokenizer_app, name="tokenizer")
 
 
 def _mount_subcommands() -> None:
     # Their modules import no torch at import time, so `taisu-etl --help` stays fast.
-    from taisu_etl.models.cli import models_app
+    from taisu_etl.models.cli import models_app, tokenizer_app
     from taisu_etl.release.cli import release_app
 
+    app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(models_app, name="models")
     app.add_typer(release_app, name="release")
 
@@ -225,32 +224,6 @@ def recheck_cmd(
 
     settings = _settings(recipe)
     typer.echo(recheck(open_ledger(settings), settings.fetch, settings.image, limit=limit, rate=rate).summary())
-
-
-@tokenizer_app.command("train")
-def tokenizer_train(
-    out: Annotated[Path, typer.Option("--out", help="output PREFIX: writes PREFIX.model and PREFIX.vocab")],
-    recipe: RecipeOpt = None,
-    captions_file: Annotated[Optional[Path], typer.Option("--captions-file", help="train on this file (one caption per line) instead of the ledger")] = None,
-    vocab_size: Annotated[int, typer.Option("--vocab-size", help="pieces (TaiSu: 50,000); a small corpus gets fewer")] = 50_000,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="use at most this many captions")] = None,
-    model_type: Annotated[str, typer.Option("--model-type", help="bpe | unigram | char")] = "bpe",
-) -> None:
-    """Train a SentencePiece tokenizer on the ledger's captions that passed the text filter (web and generated)."""
-    from taisu_etl.models.cli import train_from_captions
-    from taisu_etl.models.tokenizer import SentencePieceTokenizer
-
-    if captions_file is not None:
-        if not captions_file.is_file():
-            raise InputError(str(captions_file), "no such captions file")
-        fh = captions_file.open(encoding="utf-8")
-        captions = (line.rstrip("\n") for line in fh)
-    else:
-        from taisu_etl.services import open_ledger
-
-        captions = open_ledger(_settings(recipe)).iter_captions()
-    model = train_from_captions(captions, out, vocab_size, limit=limit, model_type=model_type)
-    typer.echo(f"wrote {model} ({SentencePieceTokenizer(model).vocab_size:,} pieces)")
 
 
 @app.command("reasons")

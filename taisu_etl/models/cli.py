@@ -60,18 +60,25 @@ def _read_lines(path: Path) -> Iterator[str]:
 @tokenizer_app.command("train")
 def tokenizer_train(
     out: Annotated[Path, typer.Option("--out", help="output: PREFIX (writes PREFIX.model and PREFIX.vocab) or PREFIX.model")],
-    captions_file: Annotated[Optional[Path], typer.Option("--captions-file", help="UTF-8 text, one caption per line")] = None,
+    captions_file: Annotated[Optional[Path], typer.Option("--captions-file", help="train on this UTF-8 file, one caption per line, instead of the ledger")] = None,
+    recipe: Annotated[Optional[Path], typer.Option("--recipe", "-r", help="TOML recipe naming the ledger (else TAISU_* settings)")] = None,
     vocab_size: Annotated[int, typer.Option("--vocab-size", help="pieces (TaiSu: 50000); smaller corpora get fewer")] = 50000,
     limit: Annotated[Optional[int], typer.Option("--limit", help="use at most this many captions")] = None,
     model_type: Annotated[str, typer.Option("--model-type", help="bpe | unigram | char")] = "bpe",
 ) -> None:
-    """Train a SentencePiece vocabulary on captions."""
+    """Train a SentencePiece vocabulary on the ledger's captions that passed the text filter
+    (web, then generated), or on a file of captions."""
     with _user_errors():
-        if captions_file is None:
-            raise ModelError("give the captions with --captions-file FILE (one caption per line)")
-        if not captions_file.is_file():
-            raise ModelError(f"captions file {captions_file} does not exist")
-        model = train_from_captions(_read_lines(captions_file), out, vocab_size, limit=limit, model_type=model_type)
+        if captions_file is not None:
+            if not captions_file.is_file():
+                raise ModelError(f"captions file {captions_file} does not exist")
+            captions: Iterable[str] = _read_lines(captions_file)
+        else:
+            from taisu_etl.config import load_settings
+            from taisu_etl.services import open_ledger
+
+            captions = open_ledger(load_settings(recipe)).iter_captions()
+        model = train_from_captions(captions, out, vocab_size, limit=limit, model_type=model_type)
         from taisu_etl.models.tokenizer import SentencePieceTokenizer
 
         typer.echo(f"wrote {model} ({SentencePieceTokenizer(model).vocab_size} ids)")

@@ -29,9 +29,30 @@ def test_train_from_captions_library_call(tmp_path: Path) -> None:
     assert model == tmp_path / "lib.model" and model.is_file()
 
 
+def test_tokenizer_train_from_the_ledger(tmp_path: Path, monkeypatch) -> None:
+    """Without --captions-file the captions come from the ledger: those that passed the text filter."""
+    from taisu_etl.db.ledger import Ledger, NewSample
+    from taisu_etl.db.migrate import upgrade
+    from taisu_etl.vocab import Stage, State
+
+    monkeypatch.setenv("TAISU_HOME", str(tmp_path / "var"))
+    monkeypatch.delenv("TAISU_DB_URL", raising=False)
+    (tmp_path / "var").mkdir()
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'var' / 'ledger.db'}", require_schema=False)
+    upgrade(ledger.engine)
+    pairs = sw.make_pairs(200, seed=6)
+    ledger.add_samples(NewSample(caption=p.caption, source="s.csv", url=f"http://a.example.com/{i}.jpg") for i, p in enumerate(pairs))
+    ledger.add_samples([NewSample(caption="垃圾广告加微信", source="s.csv", url="http://a.example.com/spam.jpg")])
+    ledger.move(list(range(1, 201)), from_state=State.INGESTED, to_state=State.TEXT_OK, stage=Stage.TEXT, reason="ok")
+    assert sum(1 for _ in ledger.iter_captions()) == 200  # the still-ingested spam caption is not used
+    ledger.dispose()
+    result = runner.invoke(app, ["tokenizer", "train", "--out", str(tmp_path / "zh"), "--vocab-size", "500", "--model-type", "char"])
+    assert result.exit_code == 0, result.output
+    tok = SentencePieceTokenizer(tmp_path / "zh.model")
+    assert tok.decode(tok(["红色的圆形"])[0]) == "红色的圆形"
+
+
 def test_tokenizer_train_errors(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["tokenizer", "train", "--out", str(tmp_path / "x")])
-    assert result.exit_code == 2 and result.output.strip().startswith("error: give the captions")
     result = runner.invoke(app, ["tokenizer", "train", "--out", str(tmp_path / "x"), "--captions-file", str(tmp_path / "no.txt")])
     assert result.exit_code == 2 and "does not exist" in result.output
 
