@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ledger import _reset_database  # noqa: E402  (bench/ledger.py: recreate the bench database)
 
 import sqlalchemy as sa  # noqa: E402
 
@@ -52,20 +54,11 @@ def _jpeg(i: int) -> bytes:
     return buf.getvalue()
 
 
-def _reset_postgres(url: str) -> None:
-    target = sa.engine.make_url(url)
-    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
-    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
-        conn.exec_driver_sql(f'CREATE DATABASE "{target.database}"')
-    admin.dispose()
-
-
 def setup(url: str, store: LocalObjectStore, n: int) -> float:
     """Fill a fresh ledger with n accepted samples (a third captioned); returns seconds taken."""
     t0 = time.perf_counter()
     if url.startswith("postgresql"):
-        _reset_postgres(url)
+        _reset_database(url)
     upgrade(make_engine(url))
     ledger = Ledger.open(url, shards=16, recipe_version="bench")
     for start in range(0, n, BATCH):
