@@ -130,10 +130,12 @@ def list_releases(recipe: RecipeOpt = None) -> None:
         typer.echo("no releases yet: run `taisu-etl release create NAME`")
         return
     store = open_store(settings)
-    typer.echo(f"{'name':<20}{'state':<11}{'samples':>10}  {'parent':<16}{'published (UTC)':<21}manifest")
+    w = max(len("name"), *(len(r["name"]) for r in rows)) + 2
+    pw = max(len("parent"), *(len(r["parent_name"] or "-") for r in rows)) + 2
+    typer.echo(f"{'name':<{w}}{'state':<11}{'samples':>10}  {'parent':<{pw}}{'published (UTC)':<21}manifest")
     for r in rows:
         samples = (r["counts"] or {}).get("samples")
         published = r["published_at"].strftime("%Y-%m-%d %H:%M:%S") if r["published_at"] else "-"
         there = "present" if store.exists(layout.key(r["name"], layout.MANIFEST)) else "absent"
-        typer.echo(f"{r['name']:<20}{r['state']:<11}{samples if samples is not None else '-':>10}  "
-                   f"{r['parent_name'] or '-':<16}{published:<21}{there}")
+        typer.echo(f"{r['name']:<{w}}{r['state']:<11}{samples if samples is not None else '-':>10}  "
+                   f"{r['parent_name'] or '-':<{pw}}{published:<21}{there}")
