@@ -72,7 +72,10 @@ def taisu_pipeline() -> None:
 
         return tasks.ingest_taisu(archives, captions, recipe, get_current_context())
 
-    @task
+    # The shards_to_* and funnel tasks run even when a mapped stage before them had no shard to
+    # do (an empty expansion is "skipped"): a re-run may find nothing new to filter but retries
+    # due to fetch, and the funnel is always wanted.
+    @task(trigger_rule="none_failed")
     def shards_to_filter(reports: list[dict], taisu: dict, recipe: str) -> list[int]:
         from taisu_etl import tasks
 
@@ -86,7 +89,7 @@ def taisu_pipeline() -> None:
         context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
         return tasks.text_filter(shard, recipe, context)
 
-    @task
+    @task(trigger_rule="none_failed")
     def shards_to_fetch(reports: list[dict], recipe: str) -> list[int]:
         from taisu_etl import tasks
 
@@ -100,7 +103,7 @@ def taisu_pipeline() -> None:
         context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
         return tasks.fetch(shard, recipe, context)
 
-    @task
+    @task(trigger_rule="none_failed")
     def shards_to_dedup(reports: list[dict], recipe: str) -> list[int]:
         from taisu_etl import tasks
 
@@ -114,7 +117,7 @@ def taisu_pipeline() -> None:
         context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
         return tasks.dedup(shard, recipe, context)
 
-    @task
+    @task(trigger_rule="none_failed")
     def shards_to_score(reports: list[dict], recipe: str) -> list[int]:
         from taisu_etl import tasks
 
@@ -128,7 +131,7 @@ def taisu_pipeline() -> None:
         context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
         return tasks.score(shard, recipe, context)
 
-    @task
+    @task(trigger_rule="none_failed")
     def shards_to_caption(reports: list[dict], recipe: str) -> list[int]:
         from taisu_etl import tasks
 
@@ -142,7 +145,7 @@ def taisu_pipeline() -> None:
         context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
         return tasks.caption(shard, recipe, context)
 
-    @task
+    @task(trigger_rule="none_failed")
     def funnel(reports: list[dict], recipe: str) -> str:
         from taisu_etl import tasks
 

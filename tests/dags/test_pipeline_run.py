@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -67,4 +68,12 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
     assert manifest is not None and manifest["counts"]["samples"] == funnel["captioned"]
     assert verify_release(store, "t1", ledger=ledger).ok
     assert store.exists("releases/t1/README.md")
+
+    # A second run of the same sources finds nothing new: the empty stages are skipped, and the
+    # funnel still runs (it does not inherit the skips).
+    before = ledger.funnel()
+    rerun_log = tmp_path / "rerun.log"
+    run_dag("taisu_pipeline", {"sources": conf["sources"]}, tmp_path / "airflow", quiet=True, log_path=rerun_log)
+    assert ledger.funnel() == before
+    assert re.search(r"end task task_id=funnel ", rerun_log.read_text(encoding="utf-8"))
     ledger.dispose()
