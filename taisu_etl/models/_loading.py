@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, Self
 
 import torch
 from PIL import Image
@@ -231,6 +231,33 @@ def _check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, check
     if problems:
         shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
         raise ModelError(f"checkpoint {checkpoint} does not fit arch {arch}: {shown}; pass the arch it was trained with")
+
+
+class LoadedModel:
+    """What the scorer and the captioner share: the loaded model's fields, loading and preprocessing."""
+
+    kind: ClassVar[str]  # "clip" or "coca": what load_model builds for the subclass
+
+    def __init__(self, loaded: Loaded) -> None:
+        self._loaded = loaded
+        self.model = loaded.model
+        self.model_id: str = loaded.model_id
+        self.device: torch.device = loaded.device
+        self.image_size: int = loaded.image_size
+        self.context_length: int = loaded.context_length
+        self.tokenizer = loaded.tokenizer
+
+    @classmethod
+    def load(cls, spec: ModelSpec, *, device: str = "auto", store: ObjectStore | None = None) -> Self:
+        return cls(load_model(spec, device=device, store=store, kind=cls.kind))
+
+    @property
+    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
+        """PIL image -> [3,H,W] float tensor; picklable, for worker processes."""
+        return self._loaded.preprocess
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
 
 
 def load_model(spec: ModelSpec, *, device: str, store: ObjectStore | None, kind: str) -> Loaded:

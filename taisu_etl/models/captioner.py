@@ -10,50 +10,28 @@ from __future__ import annotations
 
 from taisu_etl.models import _torchvision_shim  # noqa: F401  (must precede torchvision/open_clip)
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from taisu_etl.models._loading import Loaded, autocast, detokenise, load_model
-from taisu_etl.models.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from taisu_etl.storage.base import ObjectStore
+from taisu_etl.models._loading import Loaded, LoadedModel, autocast, detokenise
 
 METHODS = ("beam", "sample")
 
 
-class CaptionGenerator:
+class CaptionGenerator(LoadedModel):
     """Writes `num_captions` captions per image, by beam search or nucleus sampling."""
 
+    kind = "coca"
+
     def __init__(self, loaded: Loaded) -> None:
-        self._loaded = loaded
-        self.model = loaded.model
-        self.model_id: str = loaded.model_id
-        self.device: torch.device = loaded.device
-        self.image_size: int = loaded.image_size
-        self.tokenizer = loaded.tokenizer
+        super().__init__(loaded)
         tok = loaded.tokenizer
         self.sot_id = int(getattr(tok, "sot_token_id", getattr(tok, "bos_id", 49406)))
         self.eot_id = int(getattr(tok, "eot_token_id", getattr(tok, "eos_id", 49407)))
         self.pad_id = int(getattr(self.model, "pad_id", 0))
         # The text tower has context_length positions; BOS takes one.
         self.max_new_tokens = int(loaded.config["multimodal_cfg"].get("context_length", loaded.context_length)) - 1
-
-    @classmethod
-    def load(cls, spec: ModelSpec, *, device: str = "auto", store: ObjectStore | None = None) -> CaptionGenerator:
-        return cls(load_model(spec, device=device, store=store, kind="coca"))
-
-    @property
-    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> [3,H,W] float tensor; picklable, for DataLoader worker processes."""
-        return self._loaded.preprocess
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     # ------------------------------------------------------------------ decoding
 

@@ -4,47 +4,22 @@ from __future__ import annotations
 
 from taisu_etl.models import _torchvision_shim  # noqa: F401  (must precede torchvision/open_clip)
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from taisu_etl.models._loading import Loaded, autocast, load_model
-from taisu_etl.models.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from taisu_etl.storage.base import ObjectStore
+from taisu_etl.models._loading import LoadedModel, autocast
 
 
-class ClipScorer:
+class ClipScorer(LoadedModel):
     """Embeds images and captions into one space; cosine similarity says how well they match.
 
     `model_id` names architecture and weights (sha256 of the checkpoint): scores from different
     models are never comparable, so the ledger keys scores by it.
     """
 
-    def __init__(self, loaded: Loaded) -> None:
-        self._loaded = loaded
-        self.model = loaded.model
-        self.model_id: str = loaded.model_id
-        self.device: torch.device = loaded.device
-        self.image_size: int = loaded.image_size
-        self.context_length: int = loaded.context_length
-        self.tokenizer = loaded.tokenizer
-
-    @classmethod
-    def load(cls, spec: ModelSpec, *, device: str = "auto", store: ObjectStore | None = None) -> ClipScorer:
-        return cls(load_model(spec, device=device, store=store, kind="clip"))
-
-    @property
-    def preprocess(self) -> Callable[[Image.Image], torch.Tensor]:
-        """PIL image -> [3,H,W] float tensor; picklable, for DataLoader worker processes."""
-        return self._loaded.preprocess
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
+    kind = "clip"
 
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """[N,3,H,W] preprocessed pixels -> L2-normalised float32 [N,D] on the CPU."""
