@@ -164,9 +164,9 @@ def _caption_chunk(
     best: dict[int, tuple[float, str]] = {}
     if flat:
         text_emb = scorer.encode_texts([t for _, _, t in flat]).numpy()
+        members = {g: np.flatnonzero(group == g) for g in np.unique(group)}  # once per group, not per candidate
         for (i, j, text), emb in zip(flat, text_emb):
-            members = np.flatnonzero(group == group[i])
-            sims = image_emb[members] @ emb
+            sims = image_emb[members[group[i]]] @ emb
             own = float(image_emb[i] @ emb)
             if config.check_group > 1 and np.any(sims > own + 1e-6):
                 checked[i][j] = (text, "retrieval_miss")
