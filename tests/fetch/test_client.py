@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import socket
 import time
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -362,8 +363,9 @@ def test_x_robots_tag_opt_outs(net: NetSpy, tags: list[str], expect: str | None)
     run(scenario())
 
 
-def test_per_host_concurrency_is_respected(net: NetSpy) -> None:
-    limit = 4
+def _gated_image(limit: int) -> tuple[Any, dict[str, int]]:
+    """A handler that holds every request until `limit` are in flight at once (or gives up after
+    5 s, in which case `max` stays below the limit and the caller's assertion says so)."""
     state = {"inflight": 0, "max": 0}
     full = asyncio.Event()
 
@@ -373,8 +375,6 @@ def test_per_host_concurrency_is_respected(net: NetSpy) -> None:
         try:
             if state["inflight"] >= limit:
                 full.set()
-            # hold every request until `limit` are in flight at once (or give up after 5 s, in
-            # which case `max` stays below the limit and the assertion below says so)
             try:
                 await asyncio.wait_for(full.wait(), 5)
             except TimeoutError:
@@ -382,6 +382,13 @@ def test_per_host_concurrency_is_respected(net: NetSpy) -> None:
             return await image(request)
         finally:
             state["inflight"] -= 1
+
+    return gated, state
+
+
+def test_per_host_concurrency_is_respected(net: NetSpy) -> None:
+    limit = 4
+    gated, state = _gated_image(limit)
 
     async def scenario() -> None:
         async with serve(net, {"/img/{n}": gated}) as srv:
@@ -397,22 +404,7 @@ def test_per_host_concurrency_is_respected(net: NetSpy) -> None:
 
 def test_total_concurrency_is_respected_across_hosts(net: NetSpy) -> None:
     limit = 3
-    state = {"inflight": 0, "max": 0}
-    full = asyncio.Event()
-
-    async def gated(request: web.Request) -> web.Response:
-        state["inflight"] += 1
-        state["max"] = max(state["max"], state["inflight"])
-        try:
-            if state["inflight"] >= limit:
-                full.set()
-            try:
-                await asyncio.wait_for(full.wait(), 5)
-            except TimeoutError:
-                pass
-            return await image(request)
-        finally:
-            state["inflight"] -= 1
+    gated, state = _gated_image(limit)
 
     async def scenario() -> None:
         async with serve(net, {"/img/{n}": gated}) as srv:
