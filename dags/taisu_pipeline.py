@@ -25,7 +25,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Context, Param, dag, get_current_context, task
+
+
+def _shard_context(shard: int) -> Context:
+    """The task's context, with the shard named for the mapped task's label in the UI."""
+    context = get_current_context()
+    context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
+    return context
 
 
 def _queue(stage: str) -> str:
@@ -85,9 +92,7 @@ def taisu_pipeline() -> None:
     def text_filter(shard: int, recipe: str) -> dict:
         from taisu_etl import tasks
 
-        context = get_current_context()
-        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
-        return tasks.text_filter(shard, recipe, context)
+        return tasks.text_filter(shard, recipe, _shard_context(shard))
 
     @task(trigger_rule="none_failed")
     def shards_to_fetch(reports: list[dict], recipe: str) -> list[int]:
@@ -99,9 +104,7 @@ def taisu_pipeline() -> None:
     def fetch(shard: int, recipe: str) -> dict:
         from taisu_etl import tasks
 
-        context = get_current_context()
-        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
-        return tasks.fetch(shard, recipe, context)
+        return tasks.fetch(shard, recipe, _shard_context(shard))
 
     @task(trigger_rule="none_failed")
     def shards_to_dedup(reports: list[dict], recipe: str) -> list[int]:
@@ -113,9 +116,7 @@ def taisu_pipeline() -> None:
     def dedup(shard: int, recipe: str) -> dict:
         from taisu_etl import tasks
 
-        context = get_current_context()
-        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
-        return tasks.dedup(shard, recipe, context)
+        return tasks.dedup(shard, recipe, _shard_context(shard))
 
     @task(trigger_rule="none_failed")
     def shards_to_score(reports: list[dict], recipe: str) -> list[int]:
@@ -127,9 +128,7 @@ def taisu_pipeline() -> None:
     def score(shard: int, recipe: str) -> dict:
         from taisu_etl import tasks
 
-        context = get_current_context()
-        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
-        return tasks.score(shard, recipe, context)
+        return tasks.score(shard, recipe, _shard_context(shard))
 
     @task(trigger_rule="none_failed")
     def shards_to_caption(reports: list[dict], recipe: str) -> list[int]:
@@ -141,9 +140,7 @@ def taisu_pipeline() -> None:
     def caption(shard: int, recipe: str) -> dict:
         from taisu_etl import tasks
 
-        context = get_current_context()
-        context["shard_name"] = f"shard {shard}"  # type: ignore[typeddict-unknown-key]
-        return tasks.caption(shard, recipe, context)
+        return tasks.caption(shard, recipe, _shard_context(shard))
 
     @task(trigger_rule="none_failed")
     def funnel(reports: list[dict], recipe: str) -> str:
