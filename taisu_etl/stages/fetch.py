@@ -20,7 +20,6 @@ import functools
 import logging
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -156,12 +155,13 @@ class _ShardFetch:
         self.blocked = await asyncio.to_thread(_Blocklist.load, self.ledger, self.image.phash_distance)
         queue: asyncio.Queue[tuple[State, dict[str, Any]] | None] = asyncio.Queue(maxsize=2 * self.settings.batch_size)
         decode = functools.partial(normalise_image, apply_checks=True)
-        # Object-store PUTs wait on the network: their own threads, as many as requests in flight,
-        # so they neither queue behind ledger writes nor cap throughput at the default pool's size.
-        self.store_io = ThreadPoolExecutor(max_workers=min(self.settings.concurrency, 64), thread_name_prefix="store-put")
-        with self.store_io, DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s) as pool:
+        # Uploads get their own connections, as many as requests in flight (up to 64), so they
+        # neither queue behind ledger writes nor cap throughput.
+        uploader = self.store.uploader(concurrency=min(self.settings.concurrency, 64))
+        with DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s) as pool:
             self.pool = pool
-            async with Fetcher(self.settings.policy()) as fetcher:
+            async with uploader, Fetcher(self.settings.policy()) as fetcher:
+                self.uploader = uploader
                 fetcher.restore_domain_states(await asyncio.to_thread(load_host_states, self.ledger))
                 self.fetcher = fetcher
                 workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.settings.concurrency)]
@@ -229,9 +229,7 @@ class _ShardFetch:
         if decoded.sha256 in self.stored:
             key, size = self.stored[decoded.sha256]
         else:
-            put = await asyncio.get_running_loop().run_in_executor(
-                self.store_io, functools.partial(self.store.put_image, decoded.jpeg, check_existing=False)
-            )
+            put = await self.uploader.put_image(decoded.jpeg)
             key, size = self.stored[decoded.sha256] = (put.key, put.size)
             self.report.bytes_stored += put.size
         self.bands.append((sid, phash_bands(decoded.phash, self.image.phash_distance + 1)))

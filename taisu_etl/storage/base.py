@@ -15,7 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from taisu_etl.storage.uploader import Uploader
 
 MAX_KEY_BYTES = 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -129,6 +132,12 @@ class ObjectStore(ABC):
             return PutResult(key=key, sha256=digest, size=len(data), created=False)
         self.put(key, data, content_type=content_type)
         return PutResult(key=key, sha256=digest, size=len(data), created=True)
+
+    def uploader(self, concurrency: int = 64) -> Uploader:
+        """Up to `concurrency` uploads at once from an event loop, as an async context manager."""
+        from taisu_etl.storage.uploader import Uploader  # imports this module
+
+        return Uploader(self, concurrency)
 
     def exists(self, key: str) -> bool:
         """True when an object is stored under `key`."""

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import os
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
@@ -22,6 +23,7 @@ import certifi
 import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED
+from minio.credentials import Credentials
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import MAX_PART_SIZE, MIN_PART_SIZE, ObjectWriteResult, check_bucket_name
@@ -46,6 +48,9 @@ from taisu_etl.storage.base import (
     validate_key,
     validate_prefix,
 )
+
+if TYPE_CHECKING:
+    from taisu_etl.storage.s3_uploader import S3Uploader
 
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
 _MAX_PRESIGN_S = 7 * 24 * 3600  # the S3 signature v4 limit
@@ -98,18 +103,22 @@ class S3ObjectStore(ObjectStore):
         if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
             raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes")
         self.bucket = bucket
+        self.secure = is_secure
+        self.part_size = part_size
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        # Kept for the event-loop uploader, which signs its own requests (S3Uploader).
+        self.credentials = Credentials(access_key, secret_key) if access_key else None
         self._region = region
         self._create_bucket = create_bucket
         self._versioning = versioning
-        self._part_size = part_size
-        self._read_timeout_s = read_timeout_s
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             # As many kept-alive connections as the fetch stage has upload threads (64): with
             # fewer, every upload beyond the pool's size opens and then drops a connection.
             maxsize=64,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            ca_certs=_ca_file(),
             # One retry per failure kind: enough for a dropped keep-alive connection, few
             # enough that a dead endpoint is reported at once. Status retries cover
             # MinIO's transient 503 "server busy".
@@ -139,6 +148,24 @@ class S3ObjectStore(ObjectStore):
     def describe(self) -> str:
         return f"s3://{self.bucket} at {self.endpoint_url}"
 
+    def uploader(self, concurrency: int = 64) -> S3Uploader:
+        """PUTs from an event loop over aiohttp, cheaper per object than `put` in threads."""
+        from taisu_etl.storage.s3_uploader import S3Uploader  # imports this module
+
+        return S3Uploader(self, concurrency)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS verification as the blocking client does it (SSL_CERT_FILE, else certifi)."""
+        return ssl.create_default_context(cafile=_ca_file())
+
+    def bucket_region(self) -> str:
+        """The region requests to the bucket are signed for: the configured one, else the server's."""
+        if self._region:
+            return self._region
+        with self._errors(f"find the region of bucket {self.bucket}"):
+            # minio keeps no public call for this; it asks GetBucketLocation once and caches it.
+            return self._client._get_region(self.bucket)
+
     # -- errors ---------------------------------------------------------------------------
 
     @contextmanager
@@ -156,15 +183,16 @@ class S3ObjectStore(ObjectStore):
         # ParseError: a web page answering 200 where XML was due, e.g. MinIO's console
         # port (9001) given instead of its API port (9000).
         except (InvalidResponseError, ElementTree.ParseError) as exc:
-            raise StorageError(
-                f"the server at {self.endpoint_url} did not answer like an S3 object store "
-                f"when asked to {action}: check TAISU_S3_ENDPOINT"
-            ) from exc
+            raise self._not_s3(action) from exc
         except HTTPError as exc:
             raise self._network_error(exc, action) from exc
 
     def _s3_error(self, exc: S3Error, action: str) -> StorageError:
-        code = exc.code or "unknown error"
+        return self._refused(exc.code or "", exc.message or "", action)
+
+    def _refused(self, code: str, message: str, action: str) -> StorageError:
+        """The server answered with an S3 error code: say what to change."""
+        code = code or "unknown error"
         where = self.endpoint_url
         if code == "NoSuchBucket":
             return StorageError(
@@ -182,30 +210,50 @@ class S3ObjectStore(ObjectStore):
                 "(AccessDenied): check TAISU_S3_ACCESS_KEY and TAISU_S3_SECRET_KEY and that "
                 "the user's policy allows this bucket"
             )
-        detail = _one_line(exc.message or "")
+        detail = _one_line(message)
         return StorageError(
             f"the object store at {where} refused to {action} ({code}"
             f"{': ' + detail if detail else ''}): check the server's logs"
         )
 
+    def _not_s3(self, action: str) -> StorageError:
+        return StorageError(
+            f"the server at {self.endpoint_url} did not answer like an S3 object store "
+            f"when asked to {action}: check TAISU_S3_ENDPOINT"
+        )
+
+    def _tls_failed(self) -> StorageError:
+        return StorageError(
+            f"cannot reach the object store at {self.endpoint_url} (TLS handshake failed): if "
+            "the server speaks plain HTTP, set TAISU_S3_ENDPOINT to http://host:port"
+        )
+
+    def _server_failing(self, action: str) -> StorageError:
+        return StorageError(
+            f"the object store at {self.endpoint_url} kept failing with server errors when "
+            f"asked to {action}: retry later or check the server's logs"
+        )
+
+    def _timed_out(self, action: str) -> StorageError:
+        return StorageError(
+            f"the object store at {self.endpoint_url} did not answer within "
+            f"{self.read_timeout_s:g} s when asked to {action}: check that the server is healthy"
+        )
+
+    def _unreachable(self, reason: str) -> StorageError:
+        return StorageError(
+            f"cannot reach the object store at {self.endpoint_url} ({reason}): start MinIO or "
+            "set TAISU_S3_ENDPOINT"
+        )
+
     def _network_error(self, exc: HTTPError, action: str) -> StorageError:
         cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason else exc
-        where = self.endpoint_url
         if isinstance(cause, SSLError):
-            return StorageError(
-                f"cannot reach the object store at {where} (TLS handshake failed): if the "
-                "server speaks plain HTTP, set TAISU_S3_ENDPOINT to http://host:port"
-            )
+            return self._tls_failed()
         if isinstance(cause, ResponseError):
-            return StorageError(
-                f"the object store at {where} kept failing with server errors when asked to "
-                f"{action}: retry later or check the server's logs"
-            )
+            return self._server_failing(action)
         if isinstance(cause, ReadTimeoutError):
-            return StorageError(
-                f"the object store at {where} did not answer within {self._read_timeout_s:g} s "
-                f"when asked to {action}: check that the server is healthy"
-            )
+            return self._timed_out(action)
         if isinstance(cause, NameResolutionError):
             reason = "host name not found"
         elif isinstance(cause, NewConnectionError):
@@ -218,10 +266,7 @@ class S3ObjectStore(ObjectStore):
             reason = "connection broken"
         else:
             reason = type(cause).__name__
-        return StorageError(
-            f"cannot reach the object store at {where} ({reason}): start MinIO or set "
-            "TAISU_S3_ENDPOINT"
-        )
+        return self._unreachable(reason)
 
     # -- operations -----------------------------------------------------------------------
 
@@ -235,7 +280,7 @@ class S3ObjectStore(ObjectStore):
             key=key,
             size=size,
             etag=result.etag or "",
-            last_modified=_http_date(headers.get("last-modified") or headers.get("date")),
+            last_modified=parse_http_date(headers.get("last-modified") or headers.get("date")),
             content_type=content_type,
         )
 
@@ -254,7 +299,7 @@ class S3ObjectStore(ObjectStore):
         size = os.path.getsize(path)
         with self._errors(f"write {key}"):
             result = self._client.fput_object(
-                self.bucket, key, os.fspath(path), content_type=ctype, part_size=self._part_size
+                self.bucket, key, os.fspath(path), content_type=ctype, part_size=self.part_size
             )
         return self._written(key, size, result, ctype)
 
@@ -457,7 +502,12 @@ def _parse_endpoint(endpoint: str, secure: bool | None) -> tuple[str, bool]:
     return netloc, is_secure
 
 
-def _http_date(value: str | None) -> datetime:
+def _ca_file() -> str:
+    return os.environ.get("SSL_CERT_FILE") or certifi.where()
+
+
+def parse_http_date(value: str | None) -> datetime:
+    """An HTTP date header as a datetime; now when it is missing or unreadable."""
     try:
         return parsedate_to_datetime(value) if value else datetime.now(UTC)
     except (TypeError, ValueError):
