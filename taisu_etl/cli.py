@@ -26,6 +26,14 @@ app.add_typer(storage_app, name="storage")
 app.add_typer(config_app, name="config")
 
 
+def _show_progress() -> None:
+    """Our progress lines at INFO on stderr; other libraries' (alembic's plugin set-up, ...) only from WARNING."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("taisu_etl").setLevel(logging.INFO)
+
+
 def _mount_subcommands() -> None:
     # Their modules import no torch at import time, so `taisu-etl --help` stays fast.
     from taisu_etl.models.cli import models_app, tokenizer_app
@@ -100,12 +108,10 @@ def ingest(
     caption_column: Annotated[str, typer.Option(help="column holding the caption (LAION's TEXT is found by itself)")] = "caption",
 ) -> None:
     """Add the (URL, caption) pairs of each file to the ledger; bad rows are counted with file and line."""
-    import logging
-
     from taisu_etl.services import open_ledger
     from taisu_etl.stages.ingest import ingest_file
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _show_progress()
     settings = _settings(recipe)
     ledger = open_ledger(settings)
     for path in files:
@@ -150,12 +156,13 @@ def fetch_cmd(
     shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
 ) -> None:
     """Download text_ok samples safely and politely; store images, record every failure with its reason."""
-    import logging
+    from taisu_etl.images._launch import start_fork_server
 
+    start_fork_server()  # the decode workers' imports overlap with the ones below
     from taisu_etl.services import open_ledger, open_store
     from taisu_etl.stages.fetch import fetch_shard
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _show_progress()
     settings = _settings(recipe)
     report = fetch_shard(open_ledger(settings), open_store(settings), settings.fetch, settings.image, shard=shard,
                          lease_seconds=settings.pipeline.lease_seconds)
@@ -181,12 +188,10 @@ def score_cmd(
     shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
 ) -> None:
     """Image-text retrieval filtering: image_ok samples become accepted or score_rejected, scored with the model id."""
-    import logging
-
     from taisu_etl.services import open_ledger, open_store
     from taisu_etl.stages.score import score_shard
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _show_progress()
     settings = _settings(recipe)
     report = score_shard(open_ledger(settings), open_store(settings), settings.score, shard=shard,
                          lease_seconds=settings.pipeline.lease_seconds)
@@ -199,13 +204,11 @@ def caption_cmd(
     shard: Annotated[Optional[int], typer.Option(help="only this shard (default: all)")] = None,
 ) -> None:
     """Generated captions (TaiSu's g) for accepted samples, filtered and checked by retrieval."""
-    import logging
-
     from taisu_etl.services import open_ledger, open_store
     from taisu_etl.stages.caption import caption_shard
     from taisu_etl.text import TextFilter
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _show_progress()
     settings = _settings(recipe)
     report = caption_shard(open_ledger(settings), open_store(settings), settings.caption, settings.score,
                            TextFilter(settings.text), shard=shard, lease_seconds=settings.pipeline.lease_seconds)

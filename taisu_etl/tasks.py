@@ -87,6 +87,9 @@ def text_filter(shard: int, recipe: str | None = None, context: Mapping[str, Any
 
 
 def fetch(shard: int, recipe: str | None = None, context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from taisu_etl.images._launch import start_fork_server
+
+    start_fork_server()  # the decode workers' imports overlap with opening the ledger
     from taisu_etl.services import open_store
     from taisu_etl.stages.fetch import fetch_shard
 

@@ -44,6 +44,16 @@ def test_db_upgrade_then_status_on_embedded_defaults(tmp_path: Path) -> None:
     assert res.returncode == 0 and "no samples yet" in res.stdout
 
 
+def test_a_stage_command_prints_its_summary_without_library_chatter(tmp_path: Path) -> None:
+    # Progress is our loggers' INFO; alembic's plugin set-up (logged at INFO while the ledger's
+    # schema is checked) must not reach the user's terminal.
+    assert run_cli("db", "upgrade", home=tmp_path).returncode == 0
+    res = run_cli("fetch", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "fetch, all shards: 0 samples" in res.stdout
+    assert "alembic" not in res.stderr and "setup plugin" not in res.stderr, res.stderr
+
+
 def test_status_before_upgrade_says_to_run_upgrade(tmp_path: Path) -> None:
     assert_one_error_line(run_cli("status", home=tmp_path), "has no schema", "taisu-etl db upgrade")
 

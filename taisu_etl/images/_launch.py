@@ -102,6 +102,18 @@ def default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
+def start_fork_server() -> None:
+    """Start the fork server now, so that it imports the decode stack (~0.9 s of CPU) while the
+    caller goes on with its own start-up (imports, the ledger connection) instead of after it.
+
+    Optional: the first pool starts it anyway. Without a fork server, or with one running, a no-op.
+    """
+    if default_start_method() != "forkserver":
+        return
+    forkserver.set_forkserver_preload(list(PRELOAD))
+    forkserver.ensure_running()
+
+
 def process_factory(start_method: str | None, *code: Any) -> tuple[BaseContext, Any]:
     """The multiprocessing context for `start_method` (default: forkserver where there is one)
     and the Process class to start workers with. `code`: the callables the worker must find."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,3 +221,42 @@ def test_a_decoder_defined_in_main_keeps_the_standard_launch() -> None:
     assert cls is _launch.LeanForkServerProcess
     _, cls = _launch.process_factory("spawn", normalise_image, None)
     assert cls.__name__ == "SpawnProcess"
+
+
+_EARLY_SCRIPT = """
+import sys, time
+from multiprocessing import forkserver
+from taisu_etl.images._launch import start_fork_server
+start_fork_server()
+server = forkserver._forkserver._forkserver_pid
+assert server is not None, "no fork server after start_fork_server()"
+# It imports the decode stack by itself, while this process goes on: Pillow's C module shows up
+# in its memory map before any pool exists.
+deadline = time.monotonic() + 60
+while b"_imaging" not in open(f"/proc/{server}/maps", "rb").read():
+    assert time.monotonic() < deadline, "the fork server never loaded Pillow"
+    time.sleep(0.05)
+start_fork_server()  # a second call keeps the running server
+assert forkserver._forkserver._forkserver_pid == server
+from taisu_etl.images import DecodePool, ImageConfig, NormalisedImage
+with DecodePool(ImageConfig(min_side=1), workers=2) as pool:
+    assert all(isinstance(r, NormalisedImage) for r in pool.map([bytes.fromhex(sys.argv[1])] * 4, timeout=60))
+    parents = {int(open(f"/proc/{w.process.pid}/stat").read().rsplit(")", 1)[1].split()[1]) for w in pool._workers}
+assert parents == {server}, (parents, server)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_the_fork_server_started_early_serves_the_pool(tmp_path: Path) -> None:
+    # The CLI starts it before its own imports, so the two overlap; the pool must then use it.
+    import os
+    import subprocess
+
+    script = tmp_path / "early.py"
+    script.write_text(_EARLY_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(script), _images(1)[0].hex()], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok"]
