@@ -16,9 +16,9 @@ WORKERS = 4
 SAMPLES = 600
 
 
-def _worker(url: str, name: str, shard: int, start: mp.synchronize.Event) -> None:  # type: ignore[name-defined]
+def _worker(url: str, name: str, shard: int, start: mp.synchronize.Barrier) -> None:  # type: ignore[name-defined]
     ledger = Ledger.open(url, shards=1)
-    start.wait()
+    start.wait(timeout=120)  # every worker has its imports and connection before any claims
     while batch := ledger.claim(state=State.INGESTED, owner=name, shard=shard, limit=25, lease_seconds=300):
         ids = [r["id"] for r in batch]
         ledger.move(ids, from_state=State.INGESTED, to_state=State.TEXT_OK, stage=Stage.TEXT, reason="ok",
@@ -33,11 +33,13 @@ def test_concurrent_claims_process_every_sample_exactly_once(ledger_url: str) ->
         NewSample(caption=f"雪山脚下的湖泊 第{i}张", source="s.csv", url=normalise_url(f"http://a.example.com/{i}.jpg")) for i in range(SAMPLES)
     )
     ctx = mp.get_context("spawn")
-    start = ctx.Event()
+    # A barrier, not an event: under load a spawned worker can take longer to import than another
+    # takes to drain the shard, and then the test would not exercise contention at all.
+    start = ctx.Barrier(WORKERS + 1)
     procs = [ctx.Process(target=_worker, args=(ledger_url, f"w{k}", 0, start)) for k in range(WORKERS)]
     for p in procs:
         p.start()
-    start.set()
+    start.wait(timeout=120)
     for p in procs:
         p.join(timeout=120)
         assert p.exitcode == 0
