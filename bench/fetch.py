@@ -14,7 +14,21 @@ The S3 stand-in (MinIO is what production uses; none can be installed on these m
 - moto's server (Python, in the project's venv): ~380 PUT/s here, so it caps the S3 figure.
 `--stores` picks which object stores taisu-etl runs against, one fresh ledger each (default: the
 S3 stand-in, then a local folder, which shows what the S3 server costs); `--probe-s3` also measures
-each stand-in's own PUT/s ceiling with 64 threads of 2.8 KB PUTs, without any fetching.
+each stand-in's own PUT/s ceiling with 64 concurrent 2.8 KB PUTs, without any fetching.
+
+s3rver is Node: V8 compiles its request path while it runs, and on this machine its first ~15,000
+PUTs cost 2-3x the CPU of later ones (3.7 ms falling to 1.0 ms per PUT). A MinIO in production
+has long since passed that, so the stand-in first takes `--s3-warmup` PUTs (untimed, under
+bench-warmup/); the server's own CPU per PUT during the timed run is printed beside the result.
+
+Two comparisons, each like for like:
+- whole command: `taisu-etl fetch` run as a command (start-up, imports, decode workers, claim,
+  fetch, store, ledger) against the img2dataset command's wall time;
+- work phase: the fetch stage's own time (in this process) against img2dataset's download phase
+  (first shard start to last shard end, from its stats files).
+And one that no other load on the machine moves much: CPU seconds per stored image of each
+command's own processes (bench/proc_cpu.py), with the Postgres backends of taisu-etl's ledger
+writes shown apart; the web server and the S3 stand-in are in neither.
 
     bash bench/peer_env.sh && bash bench/s3rver_env.sh
     python bench/fetch.py --images 10000 --processes 1 --threads 64
@@ -24,6 +38,8 @@ each stand-in's own PUT/s ceiling with 64 threads of 2.8 KB PUTs, without any fe
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import os
 import shutil
 import socket
@@ -31,13 +47,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from img2dataset_peer import run_img2dataset  # noqa: E402
 from ledger import _reset_database  # noqa: E402
+from proc_cpu import NewProcessesCpu, cpu_seconds  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
 
 from taisu_etl.db.engine import make_engine  # noqa: E402
 from taisu_etl.db.ledger import Ledger  # noqa: E402
@@ -76,6 +93,11 @@ class S3Server:
 
     def store(self) -> S3ObjectStore:
         return S3ObjectStore(self.endpoint, self.access_key, self.secret_key, BUCKET, create_bucket=True)
+
+    def cli_env(self) -> dict[str, str]:
+        """The TAISU_* settings that point `taisu-etl` at this server."""
+        return {"TAISU_STORE": "s3", "TAISU_S3_ENDPOINT": self.endpoint, "TAISU_S3_ACCESS_KEY": self.access_key,
+                "TAISU_S3_SECRET_KEY": self.secret_key, "TAISU_S3_BUCKET": BUCKET}
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -131,13 +153,66 @@ def round_trip(store: ObjectStore) -> None:
         raise SystemExit(f"{store.describe()}: stat says {info and info.size} bytes, PUT {len(payload)}")
 
 
-def probe_puts(store: ObjectStore, *, n: int = 3000, threads: int = 64, size: int = 2800) -> float:
-    """PUT/s the store accepts from `threads` threads of distinct `size`-byte objects."""
-    blobs = [os.urandom(size) for _ in range(n)]
+def _puts(store: ObjectStore, blobs: list[tuple[str, bytes]], concurrency: int) -> float:
+    """PUT every (key, bytes) through the store's event-loop uploader; returns the seconds taken."""
+    async def run() -> None:
+        async with store.uploader(concurrency) as up:
+            sem = asyncio.Semaphore(concurrency)
+
+            async def one(key: str, data: bytes) -> None:
+                async with sem:
+                    await up.put(key, data)
+            await asyncio.gather(*(one(k, b) for k, b in blobs))
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda b: store.put_image(b, check_existing=False), blobs))
-    return n / (time.perf_counter() - t0)
+    asyncio.run(run())
+    return time.perf_counter() - t0
+
+
+def probe_puts(store: ObjectStore, *, n: int = 3000, concurrency: int = 64, size: int = 2800) -> float:
+    """PUT/s the store accepts from `concurrency` concurrent PUTs of distinct `size`-byte objects."""
+    blobs = [(f"bench-probe/{i}.bin", os.urandom(size)) for i in range(n)]
+    return n / _puts(store, blobs, concurrency)
+
+
+def warm_up(store: ObjectStore, n: int, size: int = 2800) -> float:
+    """Untimed PUTs that bring a JIT-compiled stand-in (s3rver) to its steady state; returns PUT/s."""
+    blobs = [(f"bench-warmup/{i}.bin", os.urandom(size)) for i in range(n)]
+    return n / _puts(store, blobs, 64)
+
+
+@dataclass
+class CommandRun:
+    """`taisu-etl fetch` run as a command: wall time, CPU of its processes, what the ledger says it did."""
+
+    seconds: float
+    cpu_seconds: float
+    postgres_cpu_seconds: float
+    states: dict[str, int]
+
+
+def run_cli(db_url: str, store_env: dict[str, str], web_netloc: str, budget: int, home: Path) -> CommandRun:
+    """Run `taisu-etl fetch --shard 0` as a user would, configured by TAISU_* variables, and time it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAISU_")}
+    env.update({
+        "TAISU_HOME": str(home), "TAISU_DB_URL": db_url, "TAISU_RECIPE_VERSION": "bench",
+        "TAISU_PIPELINE__SHARDS": "1",
+        "TAISU_FETCH__ALLOW_LOOPBACK": json.dumps([web_netloc]),
+        "TAISU_FETCH__CONCURRENCY": str(budget), "TAISU_FETCH__PER_HOST_CONCURRENCY": str(budget),
+        "TAISU_FETCH__PER_HOST_RATE": "0", "TAISU_FETCH__BATCH_SIZE": "2000",
+        **store_env,
+    })
+    cli = Path(sys.executable).with_name("taisu-etl")
+    with NewProcessesCpu() as cpu:
+        t0 = time.perf_counter()
+        proc = subprocess.run([str(cli), "fetch", "--shard", "0"], env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"taisu-etl fetch exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    engine = make_engine(db_url)
+    with engine.connect() as conn:
+        states = dict(conn.execute(sa.text("SELECT state, COUNT(*) FROM sample_state GROUP BY state")).all())
+    engine.dispose()
+    return CommandRun(seconds, cpu.seconds, cpu.postgres_seconds, {str(k): int(v) for k, v in states.items()})
 
 
 def fresh_ledger(db_url: str, urls: Path) -> Ledger:
@@ -170,6 +245,10 @@ def main() -> int:
     ap.add_argument("--peer", default="none,default",
                     help="img2dataset re-encode modes to run: none, skip, default (comma list; empty = no peer)")
     ap.add_argument("--probe-s3", action="store_true", help="also measure each S3 stand-in's PUT/s ceiling")
+    ap.add_argument("--s3-warmup", type=int, default=None,
+                    help="untimed PUTs into each S3 stand-in first (default: 20000 for s3rver, whose JIT needs them; 0 for moto)")
+    ap.add_argument("--no-command", action="store_true",
+                    help="skip the whole-command runs of `taisu-etl fetch` (the work-phase runs still happen)")
     ap.add_argument("--db-url", default=os.environ.get("TAISU_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/taisu_bench_fetch"))
     args = ap.parse_args()
     budget = args.processes * args.threads
@@ -185,6 +264,8 @@ def main() -> int:
     probes: dict[str, float] = {}
     peers: dict[str, dict] = {}
     ours: dict[str, FetchReport] = {}
+    server_cpu: dict[str, float] = {}  # the S3 stand-in's CPU ms per stored image, work-phase run
+    commands: dict[str, CommandRun] = {}
     try:
         for kind in dict.fromkeys([s for s in stores if s in S3_STANDINS] + (list(S3_STANDINS) if args.probe_s3 else [])):
             if kind == "s3rver" and not S3RVER_BIN.exists():
@@ -195,9 +276,13 @@ def main() -> int:
             store.check()
             round_trip(store)
             print(f"{kind}: S3 at {servers[kind].endpoint}, bucket {BUCKET}: PUT + GET round trip ok")
+            warm = args.s3_warmup if args.s3_warmup is not None else (20_000 if kind == "s3rver" else 0)
+            if warm:
+                rate = warm_up(store, warm)
+                print(f"{kind}: warmed up with {warm:,} untimed PUTs ({rate:,.0f} PUT/s)")
             if args.probe_s3:
                 probes[kind] = probe_puts(store)
-                print(f"{kind}: {probes[kind]:,.0f} PUT/s (64 threads, 2.8 KB objects, no fetching)")
+                print(f"{kind}: {probes[kind]:,.0f} PUT/s (64 concurrent, 2.8 KB objects, no fetching)")
 
         pairs = make_pairs(args.images, seed=42)
         t0 = time.perf_counter()
@@ -205,8 +290,10 @@ def main() -> int:
             print(f"synthetic web: {args.images:,} images at {web.base_url} (rendered in {time.perf_counter() - t0:.1f} s)")
             urls = web.write_url_list(tmp / "urls.csv", pairs).urls
             for mode in peer_modes:
-                peers[mode] = run_img2dataset(urls, tmp / f"img2dataset-{mode}", processes=args.processes,
-                                              threads=args.threads, reencode=mode)
+                with NewProcessesCpu() as cpu:
+                    peers[mode] = run_img2dataset(urls, tmp / f"img2dataset-{mode}", processes=args.processes,
+                                                  threads=args.threads, reencode=mode)
+                peers[mode]["cpu_seconds"] = cpu.seconds
                 print(f"  img2dataset ({mode}): {peers[mode]['samples_per_s']:,.0f} samples/s")
             settings = FetchSettings(allow_loopback=(web.netloc,), concurrency=budget, per_host_concurrency=budget,
                                      per_host_rate=None, batch_size=2000)
@@ -216,9 +303,20 @@ def main() -> int:
                     store: ObjectStore = LocalObjectStore(tmp / "objects")
                 else:
                     store = servers[name].store()
+                before = cpu_seconds(servers[name].proc.pid) if name in servers else 0.0
                 ours[name] = fetch_shard(ledger, store, settings, ImageConfig(), shard=0, decode_workers=args.decode_workers)
                 ok = ours[name].states.get("fetched", 0)
-                print(f"  taisu-etl ({name}): {ok / ours[name].seconds:,.0f} samples/s")
+                if name in servers:
+                    server_cpu[name] = (cpu_seconds(servers[name].proc.pid) - before) / max(ok, 1) * 1000
+                ledger.engine.dispose()
+                print(f"  taisu-etl ({name}), work phase: {ok / ours[name].seconds:,.0f} samples/s")
+                if not args.no_command:
+                    fresh_ledger(args.db_url, urls).engine.dispose()
+                    store_env = (servers[name].cli_env() if name in servers else
+                                 {"TAISU_STORE": "local", "TAISU_STORE_ROOT": str(tmp / "objects-cli")})
+                    commands[name] = run_cli(args.db_url, store_env, web.netloc, budget, tmp / "home")
+                    ok_cli = commands[name].states.get("fetched", 0)
+                    print(f"  taisu-etl ({name}), whole command: {ok_cli / commands[name].seconds:,.0f} samples/s")
     finally:
         for server in servers.values():
             server.stop()
@@ -226,23 +324,44 @@ def main() -> int:
 
     print(f"fetch benchmark, {args.images:,} loopback images, concurrency budget {budget} ({args.processes} x {args.threads})")
     labels = {"none": "bytes as downloaded", "skip": "decode, original bytes", "default": "decode + JPEG re-encode"}
+    print(f"  {'':<42}{'ok':>7}  {'whole command':>22}  {'work phase':>22}")
     for mode, run in peers.items():
-        label = f"img2dataset, {labels[mode]}"
-        print(f"  {label:<40}{run['samples']:>7,} ok  {run['seconds']:6.1f} s  {run['samples_per_s']:8,.0f} samples/s "
-              f"(download phase alone: {run['samples_per_s_in_shards']:,.0f}/s)")
+        print(f"  {'img2dataset, ' + labels[mode]:<42}{run['samples']:>7,}  {run['seconds']:6.1f} s {run['samples_per_s']:7,.0f}/s"
+              f"    {run['shard_seconds']:6.1f} s {run['samples_per_s_in_shards']:7,.0f}/s")
     for name, rep in ours.items():
         ok = rep.states.get("fetched", 0)
-        rate = ok / rep.seconds
         where = "local-folder object store" if name == "local" else f"S3 PUT to {name}"
-        label = f"taisu-etl, {where}"
-        ratios = " / ".join(f"{rate / run['samples_per_s']:.2f}" for run in peers.values())
-        print(f"  {label:<40}{ok:>7,} ok  {rep.seconds:6.1f} s  {rate:8,.0f} samples/s"
-              + (f"  ratio {ratios} (vs {', '.join(peers)})" if peers else ""))
+        cmd = commands.get(name)
+        whole = (f"{cmd.seconds:6.1f} s {cmd.states.get('fetched', 0) / cmd.seconds:7,.0f}/s" if cmd else f"{'(not run)':>17}")
+        print(f"  {'taisu-etl, ' + where:<42}{ok:>7,}  {whole}    {rep.seconds:6.1f} s {ok / rep.seconds:7,.0f}/s")
+        if cmd and cmd.states.get("fetched", 0) != ok:
+            print(f"      the command stored {cmd.states.get('fetched', 0):,}, the work-phase run {ok:,}: {cmd.states}")
         failures = ", ".join(f"{r} {n}" for r, n in rep.reasons.items() if r != "ok")
         if failures:
             print(f"      failures: {failures}")
+        if name in server_cpu:
+            print(f"      {name}'s own CPU during the work phase: {server_cpu[name]:.2f} ms per stored image")
+    if peers:
+        print(f"ratios, taisu-etl / img2dataset (vs {', '.join(peers)}):")
+        for name, rep in ours.items():
+            ok = rep.states.get("fetched", 0)
+            cmd = commands.get(name)
+            whole = (" / ".join(f"{cmd.states.get('fetched', 0) / cmd.seconds / run['samples_per_s']:.2f}" for run in peers.values())
+                     if cmd else "not run")
+            phase = " / ".join(f"{ok / rep.seconds / run['samples_per_s_in_shards']:.2f}" for run in peers.values())
+            print(f"  {name:<8} whole command {whole:<14} work phase {phase}")
+    if commands:
+        # Machine-independent: what each tool's own processes burn per stored image. The web
+        # server, Postgres and the S3 server are outside both commands' process trees.
+        print("CPU per stored image, whole command (the tool's own processes, not the web, Postgres or S3 servers):")
+        for mode, run in peers.items():
+            print(f"  img2dataset ({mode}): {run['cpu_seconds'] / max(run['samples'], 1) * 1000:.2f} ms")
+        for name, cmd in commands.items():
+            n = max(cmd.states.get("fetched", 0), 1)
+            print(f"  taisu-etl ({name}): {cmd.cpu_seconds / n * 1000:.2f} ms, "
+                  f"and {cmd.postgres_cpu_seconds / n * 1000:.2f} ms more in Postgres for its ledger writes")
     for kind, rate in probes.items():
-        print(f"  S3 stand-in ceiling, {kind}: {rate:,.0f} PUT/s (64 threads, 2.8 KB)")
+        print(f"  S3 stand-in ceiling, {kind}: {rate:,.0f} PUT/s (64 concurrent, 2.8 KB)")
     print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
           "Postgres ledger event; target ratio >= 1.0 against img2dataset's cheapest mode (none), aim 2.0")
     print(f"reproduce: bash bench/peer_env.sh && bash bench/s3rver_env.sh && python bench/fetch.py --images {args.images} "
