@@ -114,8 +114,9 @@ class S3ObjectStore(ObjectStore):
         self._versioning = versioning
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
-            # As many kept-alive connections as the fetch stage has upload threads (64): with
-            # fewer, every upload beyond the pool's size opens and then drops a connection.
+            # Kept-alive connections for up to 64 threads calling `put` at once: with fewer,
+            # every upload beyond the pool's size opens and then drops a connection. (The fetch
+            # stage's uploads go through `uploader()`, which has its own aiohttp connections.)
             maxsize=64,
             cert_reqs="CERT_REQUIRED",
             ca_certs=_ca_file(),
