@@ -14,7 +14,8 @@ The S3 stand-in (MinIO is what production uses; none can be installed on these m
 - moto's server (Python, in the project's venv): ~380 PUT/s here, so it caps the S3 figure.
 `--stores` picks which object stores taisu-etl runs against, one fresh ledger each (default: the
 S3 stand-in, then a local folder, which shows what the S3 server costs); `--probe-s3` also measures
-each stand-in's own PUT/s ceiling with 64 concurrent 2.8 KB PUTs, without any fetching.
+each stand-in's own PUT/s ceiling with 64 concurrent 2.8 KB PUTs, without any fetching, two ways
+side by side: the fetch stage's event-loop uploader and the blocking `put` from 64 threads.
 
 s3rver is Node: V8 compiles its request path while it runs, and on this machine its first ~15,000
 PUTs cost 2-3x the CPU of later ones (3.7 ms falling to 1.0 ms per PUT). A MinIO in production
@@ -47,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,10 +170,35 @@ def _puts(store: ObjectStore, blobs: list[tuple[str, bytes]], concurrency: int) 
     return time.perf_counter() - t0
 
 
-def probe_puts(store: ObjectStore, *, n: int = 3000, concurrency: int = 64, size: int = 2800) -> float:
-    """PUT/s the store accepts from `concurrency` concurrent PUTs of distinct `size`-byte objects."""
-    blobs = [(f"bench-probe/{i}.bin", os.urandom(size)) for i in range(n)]
-    return n / _puts(store, blobs, concurrency)
+@dataclass
+class Probe:
+    """PUT/s and this process's CPU per PUT, for one way of uploading."""
+
+    puts_per_s: float
+    client_cpu_ms: float
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def probe_puts(store: ObjectStore, *, n: int = 3000, concurrency: int = 64, size: int = 2800) -> dict[str, Probe]:
+    """Distinct `size`-byte objects, `concurrency` at once, two ways side by side: the stage's
+    event-loop uploader, and the store's blocking `put` from as many threads (what it used before)."""
+    out: dict[str, Probe] = {}
+    for way in ("uploader", "threads"):
+        blobs = [(f"bench-probe/{way}/{i}.bin", os.urandom(size)) for i in range(n)]
+        cpu0 = _cpu()
+        if way == "uploader":
+            seconds = _puts(store, blobs, concurrency)
+        else:
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(lambda kb: store.put(*kb), blobs))
+            seconds = time.perf_counter() - t0
+        out[way] = Probe(n / seconds, (_cpu() - cpu0) / n * 1000)
+    return out
 
 
 def warm_up(store: ObjectStore, n: int, size: int = 2800) -> float:
@@ -261,7 +288,7 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="taisu-bench-fetch-"))
     servers: dict[str, S3Server] = {}
-    probes: dict[str, float] = {}
+    probes: dict[str, dict[str, Probe]] = {}
     peers: dict[str, dict] = {}
     ours: dict[str, FetchReport] = {}
     server_cpu: dict[str, float] = {}  # the S3 stand-in's CPU ms per stored image, work-phase run
@@ -282,7 +309,8 @@ def main() -> int:
                 print(f"{kind}: warmed up with {warm:,} untimed PUTs ({rate:,.0f} PUT/s)")
             if args.probe_s3:
                 probes[kind] = probe_puts(store)
-                print(f"{kind}: {probes[kind]:,.0f} PUT/s (64 concurrent, 2.8 KB objects, no fetching)")
+                for way, p in probes[kind].items():
+                    print(f"{kind}: {p.puts_per_s:,.0f} PUT/s through the {way} (64 concurrent, 2.8 KB, no fetching)")
 
         pairs = make_pairs(args.images, seed=42)
         t0 = time.perf_counter()
@@ -360,8 +388,11 @@ def main() -> int:
             n = max(cmd.states.get("fetched", 0), 1)
             print(f"  taisu-etl ({name}): {cmd.cpu_seconds / n * 1000:.2f} ms, "
                   f"and {cmd.postgres_cpu_seconds / n * 1000:.2f} ms more in Postgres for its ledger writes")
-    for kind, rate in probes.items():
-        print(f"  S3 stand-in ceiling, {kind}: {rate:,.0f} PUT/s (64 concurrent, 2.8 KB)")
+    for kind, ways in probes.items():
+        for way, p in ways.items():
+            label = "event-loop uploader" if way == "uploader" else "blocking put in 64 threads"
+            print(f"  S3 stand-in ceiling, {kind}, {label}: {p.puts_per_s:,.0f} PUT/s, "
+                  f"client CPU {p.client_cpu_ms:.2f} ms per PUT (64 concurrent, 2.8 KB)")
     print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
           "Postgres ledger event; target ratio >= 1.0 against img2dataset's cheapest mode (none), aim 2.0")
     print(f"reproduce: bash bench/peer_env.sh && bash bench/s3rver_env.sh && python bench/fetch.py --images {args.images} "

@@ -3,9 +3,8 @@
 Why not minio's `put_object` in a thread pool, as `S3ObjectStore.put` does: on a 2-core machine,
 64 threads of minio PUTs (2.8 KB objects, s3rver on the same machine) cost 0.60 ms of client CPU
 per PUT and the server took 620-1,080 PUT/s; the same PUTs from one event loop cost 0.24-0.29 ms
-and it took 990-1,290 PUT/s (side by side in one script, 3,000 PUTs each, on 2026-11-24;
-`python bench/fetch.py --probe-s3` measures this path's PUT/s). The fetch stage already runs an
-event loop, so its uploads ride on it.
+and it took 990-1,330 PUT/s (3,000 PUTs each way, side by side: `python bench/fetch.py
+--probe-s3`). The fetch stage already runs an event loop, so its uploads ride on it.
 
 The request is the one minio sends on plain HTTP: path-style URL, SigV4 over Host,
 Content-Length, Content-Type, x-amz-content-sha256 (the body's real sha256, so a server that
