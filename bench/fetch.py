@@ -178,18 +178,13 @@ class Probe:
     client_cpu_ms: float
 
 
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def probe_puts(store: ObjectStore, *, n: int = 3000, concurrency: int = 64, size: int = 2800) -> dict[str, Probe]:
     """Distinct `size`-byte objects, `concurrency` at once, two ways side by side: the stage's
     event-loop uploader, and the store's blocking `put` from as many threads (what it used before)."""
     out: dict[str, Probe] = {}
     for way in ("uploader", "threads"):
         blobs = [(f"bench-probe/{way}/{i}.bin", os.urandom(size)) for i in range(n)]
-        cpu0 = _cpu()
+        cpu0 = cpu_seconds(os.getpid())
         if way == "uploader":
             seconds = _puts(store, blobs, concurrency)
         else:
@@ -197,7 +192,7 @@ def probe_puts(store: ObjectStore, *, n: int = 3000, concurrency: int = 64, size
             with ThreadPoolExecutor(concurrency) as pool:
                 list(pool.map(lambda kb: store.put(*kb), blobs))
             seconds = time.perf_counter() - t0
-        out[way] = Probe(n / seconds, (_cpu() - cpu0) / n * 1000)
+        out[way] = Probe(n / seconds, (cpu_seconds(os.getpid()) - cpu0) / n * 1000)
     return out
 
 

@@ -12,49 +12,50 @@ import os
 import threading
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _parse_stat(text: str) -> tuple[str, int, float]:
+    """(name, parent pid, user + system CPU seconds) from the text of /proc/<pid>/stat."""
+    head, _, rest = text.rpartition(")")
+    fields = rest.split()
+    return head.partition("(")[2], int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _parse_stat(f.read())[2]
 
 
-def _process_tree() -> dict[int, list[int]]:
-    """Every process's children, from /proc."""
-    children: dict[int, list[int]] = {}
+def _snapshot() -> dict[int, tuple[str, int, float]]:
+    """Every process's (name, parent pid, CPU seconds), from one pass over /proc."""
+    out: dict[int, tuple[str, int, float]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    out[int(entry)] = _parse_stat(f.read())
             except (OSError, ValueError, IndexError):
                 continue
-            children.setdefault(ppid, []).append(int(entry))
-    return children
+    return out
 
 
-def _descendants(root: int) -> set[int]:
-    tree, out, todo = _process_tree(), set(), [root]
+def _descendants(procs: dict[int, tuple[str, int, float]], root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (_, ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = set(), [root]
     while todo:
-        pid = todo.pop()
-        for child in tree.get(pid, []):
+        for child in children.get(todo.pop(), []):
             if child not in out:
                 out.add(child)
                 todo.append(child)
     return out
 
 
-def _postgres_pids() -> set[int]:
-    out = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == "postgres":
-                        out.add(int(entry))
-            except OSError:
-                continue
-    return out
+def _postgres(procs: dict[int, tuple[str, int, float]]) -> set[int]:
+    return {pid for pid, (name, _, _) in procs.items() if name == "postgres"}
 
 
 class NewProcessesCpu:
@@ -77,24 +78,21 @@ class NewProcessesCpu:
         self._seen_pg: dict[int, float] = {}
         self._stop = threading.Event()
 
-    def _read(self, pids: set[int], into: dict[int, float]) -> None:
-        for pid in pids:
-            try:
-                into[pid] = cpu_seconds(pid)
-            except (OSError, ValueError, IndexError):
-                pass
-
     def _poll(self) -> None:
-        self._read(_descendants(os.getpid()) - self._before, self._seen)
-        self._read(_postgres_pids() - self._before_pg, self._seen_pg)
+        procs = _snapshot()
+        for pid in _descendants(procs, os.getpid()) - self._before:
+            self._seen[pid] = procs[pid][2]
+        for pid in _postgres(procs) - self._before_pg:
+            self._seen_pg[pid] = procs[pid][2]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self._poll()
 
     def __enter__(self) -> "NewProcessesCpu":
-        self._before = _descendants(os.getpid())
-        self._before_pg = _postgres_pids()
+        procs = _snapshot()
+        self._before = _descendants(procs, os.getpid())
+        self._before_pg = _postgres(procs)
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
