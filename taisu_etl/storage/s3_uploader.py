@@ -154,9 +154,8 @@ class S3Uploader(Uploader):
         if isinstance(exc, aiohttp.ClientConnectorError):
             # asyncio puts "Connect call failed (addr)" in strerror; the errno's own text is what
             # the blocking path says ("connection refused").
-            os_error = exc.os_error
-            reason = os.strerror(os_error.errno) if os_error and os_error.errno else (os_error and os_error.strerror) or ""
-            return self._s3._unreachable(reason.lower() or "connection failed"), True
+            errno = exc.os_error.errno
+            return self._s3._unreachable(os.strerror(errno).lower() if errno else "connection failed"), True
         # A kept-alive connection the server had closed, or one cut mid-answer: aiohttp has
         # already resent the (idempotent) PUT once on a fresh connection before raising this.
         return self._s3._unreachable("connection broken"), False
