@@ -38,7 +38,7 @@ PRELOAD: Final = (
     "PIL.PngImagePlugin",
     "PIL.GifImagePlugin",
     "PIL.WebPImagePlugin",
-    "scipy.fftpack",  # imagehash.phash imports it lazily
+    "scipy.fftpack",  # perceptual_hash imports it on first use
 )
 
 _MAIN_KEYS: Final = ("init_main_from_path", "init_main_from_name")

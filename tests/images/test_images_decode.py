@@ -524,6 +524,136 @@ def test_near_duplicates_are_within_the_threshold(config: ImageConfig) -> None:
         assert hamming(base.phash, different.phash) > 2 * config.phash_distance, seed
 
 
+# perceptual_hash reproduces imagehash.phash inline; the tests below hold it to the library, bit
+# for bit, over inputs that reach every branch of the algorithm (ties at the median included).
+
+
+def _imagehash_phash(jpeg: bytes) -> str:
+    """The reference: imagehash.phash on the same draft decode perceptual_hash uses."""
+    import imagehash
+
+    with Image.open(io.BytesIO(jpeg), formats=["JPEG"]) as im:
+        im.draft("L", (64, 64))
+        return str(imagehash.phash(im))
+
+
+def _synthweb_jpegs() -> list[bytes]:
+    from taisu_etl.synthweb import make_pairs
+
+    sizes = [(256, 256), (640, 480), (300, 100), (97, 211), (512, 64)]
+    qualities = [95, 75, 40]
+    return [
+        p.jpeg(size=sizes[i % len(sizes)], quality=qualities[i % len(qualities)])
+        for i, p in enumerate(make_pairs(90, seed=11))
+    ]
+
+
+def _noise_jpegs() -> list[bytes]:
+    rng = np.random.default_rng(5)
+    out = []
+    for i in range(40):
+        w, h = (int(v) for v in rng.integers(8, 300, 2))
+        shape = (h, w) if i % 2 else (h, w, 3)
+        levels = [256, 2, 3][i % 3]  # full range, and few levels (many equal pixels)
+        arr = (rng.integers(0, levels, shape) * (255 // (levels - 1))).astype(np.uint8)
+        out.append(encode(Image.fromarray(arr), "JPEG", quality=int(rng.integers(5, 101))))
+    return out
+
+
+def _flat_jpegs() -> list[bytes]:
+    # Every DCT coefficient but DC is (near) zero: the median sits among equal values.
+    out = [encode(Image.new("L", (64, 64), v), "JPEG") for v in range(0, 256, 5)]
+    for size in [(1, 1), (7, 3), (32, 32), (100, 37), (256, 256), (1000, 2)]:
+        for colour in [(0, 0, 0), (255, 255, 255), (128, 128, 128), (200, 40, 40), (3, 250, 90)]:
+            out.append(encode(Image.new("RGB", size, colour), "JPEG", quality=90))
+    for cmyk in [(0, 0, 0, 0), (0, 0, 0, 255), (30, 200, 10, 40)]:
+        out.append(encode(Image.new("CMYK", (48, 48), cmyk), "JPEG"))
+    return out
+
+
+def _tied_jpegs() -> list[bytes]:
+    # Halves, stripes, checkerboards, a lone dot: many coefficients exactly equal or zero.
+    out = []
+    for side in (32, 64, 256):
+        y, x = np.mgrid[:side, :side]
+        for pattern in (
+            x < side // 2,
+            y < side // 2,
+            (x // (side // 8)) % 2 == 0,
+            (y // (side // 4)) % 2 == 0,
+            ((x // (side // 8)) + (y // (side // 8))) % 2 == 0,
+            (x == side // 3) & (y == side // 5),
+        ):
+            arr = np.where(pattern, 230, 20).astype(np.uint8)
+            out.append(encode(Image.fromarray(arr), "JPEG", quality=95))
+            out.append(encode(Image.fromarray(arr).convert("RGB"), "JPEG", quality=50))
+    return out
+
+
+def _odd_size_jpegs() -> list[bytes]:
+    # Tiny (below the 32x32 the hash works on), odd, and very wide or tall.
+    sizes = [(1, 1), (2, 2), (8, 8), (31, 17), (17, 31), (32, 32), (33, 33), (63, 65), (65, 63),
+             (1, 500), (500, 1), (1000, 3), (3, 1000), (2048, 8), (8, 2048), (1200, 40)]
+    return [encode(scene(w, h, seed=i), "JPEG", quality=85) for i, (w, h) in enumerate(sizes)]
+
+
+def _grey_and_cmyk_jpegs() -> list[bytes]:
+    out = []
+    for seed, size in enumerate([(256, 256), (300, 200), (90, 333), (640, 480)]):
+        im = scene(*size, seed=seed)
+        for quality in (30, 90):
+            out.append(encode(im.convert("L"), "JPEG", quality=quality))
+            out.append(encode(im.convert("CMYK"), "JPEG", quality=quality))
+    return out
+
+
+def _reencoded_jpegs() -> list[bytes]:
+    out = []
+    for seed in (21, 22, 23):
+        data = encode(scene(400, 300, seed=seed), "JPEG", quality=92)
+        for quality in (100, 95, 85, 70, 50, 30, 10, 1):
+            with Image.open(io.BytesIO(data)) as im:
+                data = encode(im, "JPEG", quality=quality)  # each generation from the last
+            out.append(data)
+        im = scene(400, 300, seed=seed)
+        out.append(encode(im, "JPEG", quality=80, progressive=True))
+        out.append(encode(im, "JPEG", quality=80, subsampling=0))
+        out.append(encode(im, "JPEG", quality=80, subsampling=2, optimize=True))
+    return out
+
+
+_PHASH_CORPORA = {
+    "synthweb": _synthweb_jpegs,
+    "noise": _noise_jpegs,
+    "flat": _flat_jpegs,
+    "tied": _tied_jpegs,
+    "odd-size": _odd_size_jpegs,
+    "grey-cmyk": _grey_and_cmyk_jpegs,
+    "reencoded": _reencoded_jpegs,
+}
+
+
+@pytest.mark.parametrize("corpus", list(_PHASH_CORPORA))
+def test_perceptual_hash_equals_imagehash_phash(corpus: str) -> None:
+    jpegs = _PHASH_CORPORA[corpus]()
+    differ = [
+        (i, want, got)
+        for i, data in enumerate(jpegs)
+        if (want := _imagehash_phash(data)) != (got := perceptual_hash(data))
+    ]
+    assert not differ, f"{len(differ)}/{len(jpegs)} differ (index, imagehash, ours): {differ[:5]}"
+
+
+def test_perceptual_hash_of_flat_images() -> None:
+    # Flat: the DCT of a constant is DC plus exact zeros, so the median is 0.0. Black has DC 0
+    # too: no bit is set, and the hex keeps all 16 digits; any other grey sets the DC bit only.
+    black = encode(Image.new("L", (64, 64), 0), "JPEG")
+    assert perceptual_hash(black) == _imagehash_phash(black) == "0" * 16
+    for value in (1, 128, 255):
+        grey = encode(Image.new("L", (64, 64), value), "JPEG")
+        assert perceptual_hash(grey) == _imagehash_phash(grey) == "8" + "0" * 15
+
+
 def test_rejection_reason_must_be_in_the_vocabulary() -> None:
     with pytest.raises(ValueError, match="unknown reason code"):
         ImageRejection("not_a_code", "typo")
