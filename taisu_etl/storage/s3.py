@@ -181,12 +181,28 @@ class S3ObjectStore(ObjectStore):
                 f"the object store at {self.endpoint_url} failed to {action} "
                 f"(HTTP {exc.status_code}): retry later or check the server's logs"
             ) from exc
+        except InvalidResponseError as exc:
+            # minio-py takes only application/xml as XML; rclone's `serve s3` (and other
+            # S3-compatible servers) send their error documents as text/xml.
+            raise self._error_document(getattr(exc, "_body", None), action) from exc
         # ParseError: a web page answering 200 where XML was due, e.g. MinIO's console
         # port (9001) given instead of its API port (9000).
-        except (InvalidResponseError, ElementTree.ParseError) as exc:
+        except ElementTree.ParseError as exc:
             raise self._not_s3(action) from exc
         except HTTPError as exc:
             raise self._network_error(exc, action) from exc
+
+    def _error_document(self, body: str | bytes | None, action: str, status: int | None = None) -> StorageError:
+        """An S3 `<Error>` document, whatever its Content-Type, says what the server refused;
+        anything else (a web page, an empty answer) means the endpoint is not S3."""
+        try:
+            root = ElementTree.fromstring(body) if body else None
+        except ElementTree.ParseError:
+            root = None
+        code = root.findtext("Code") if root is not None and root.tag == "Error" else None
+        if not code:
+            return self._not_s3(action)
+        return self._refused(code, root.findtext("Message") or (f"HTTP {status}" if status else ""), action)
 
     def _s3_error(self, exc: S3Error, action: str) -> StorageError:
         return self._refused(exc.code or "", exc.message or "", action)

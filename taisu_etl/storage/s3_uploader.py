@@ -22,7 +22,6 @@ import os
 from datetime import UTC, datetime
 from types import TracebackType
 from urllib.parse import quote, urlsplit
-from xml.etree import ElementTree
 
 import aiohttp
 from minio.signer import sign_v4_s3
@@ -162,11 +161,4 @@ class S3Uploader(Uploader):
 
     def _answer_error(self, status: int, body: bytes, action: str) -> StorageError:
         """An S3 error document becomes the blocking path's message; anything else is not S3."""
-        try:
-            root = ElementTree.fromstring(body)
-        except ElementTree.ParseError:
-            return self._s3._not_s3(action)
-        code = root.findtext("Code")
-        if root.tag != "Error" or not code:
-            return self._s3._not_s3(action)
-        return self._s3._refused(code, root.findtext("Message") or f"HTTP {status}", action)
+        return self._s3._error_document(body, action, status)
