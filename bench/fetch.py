@@ -26,12 +26,12 @@ has long since passed that, so the stand-in first takes `--s3-warmup` PUTs (unti
 bench-warmup/); the server's own CPU per PUT during the timed run is printed beside the result.
 
 Where files go (`--workdir`): the S3 stand-ins' data, the local store and img2dataset's output all
-go under one folder, /dev/shm by default. This VM's ext4 spends 0.2-0.9 ms of kernel CPU on each
-new small file or folder (tmpfs: ~0.02 ms), so on ext4 the file system, not either tool, sets much
-of the pace, and it charges the content-addressed layout (at this scale nearly a new folder per object;
-MinIO makes one per object) more than img2dataset's three files per sample in one folder. The benchmark measures that
-cost on the chosen folder and on the system temp folder and prints both; `--workdir /tmp` runs it
-on ext4.
+go under one folder, /dev/shm by default. This VM's ext4 spends 0.06-0.9 ms of kernel CPU on each
+new small file or folder, and that figure moves tenfold from run to run (tmpfs: 0.03 ms, steady),
+so on ext4 the file system's state sets much of both tools' pace. tmpfs takes it out of the
+comparison. The benchmark measures the cost on the chosen folder and on the system temp folder
+and prints both; `--workdir /tmp` runs it on ext4 (in one such run both tools slowed, img2dataset
+more, as it writes three files per sample).
 
 Two comparisons, each like for like:
 - whole command: `taisu-etl fetch` run as a command (start-up, imports, decode workers, claim,
@@ -193,7 +193,7 @@ def default_workdir() -> Path:
 def file_create_cost(where: Path, n: int = 2000) -> float:
     """Kernel + user CPU ms to store one small object as a file the way the S3 stand-ins and the
     local store do: a new two-level folder, a temporary file, a rename. On this VM's ext4 that is
-    ~0.5-0.9 ms (new folders dominate), on tmpfs ~0.02: the workdir choice moves both tools."""
+    0.06-0.9 ms depending on the run (new folders dominate), on tmpfs ~0.03."""
     root = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=where))
     data = os.urandom(2800)
     try:
