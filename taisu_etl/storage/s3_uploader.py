@@ -121,7 +121,8 @@ class S3Uploader(Uploader):
                     status_retries += 1
                     continue
                 raise self._s3._server_failing(action)
-            raise self._answer_error(status, body, action)
+            # An S3 error document becomes the blocking path's message; anything else is not S3.
+            raise self._s3._error_document(body, action, status)
 
     def _signed(self, path: str, content_type: str, size: int, digest: str) -> dict[str, str]:
         now = datetime.now(UTC).replace(microsecond=0)
@@ -158,7 +159,3 @@ class S3Uploader(Uploader):
         # A kept-alive connection the server had closed, or one cut mid-answer: aiohttp has
         # already resent the (idempotent) PUT once on a fresh connection before raising this.
         return self._s3._unreachable("connection broken"), False
-
-    def _answer_error(self, status: int, body: bytes, action: str) -> StorageError:
-        """An S3 error document becomes the blocking path's message; anything else is not S3."""
-        return self._s3._error_document(body, action, status)

@@ -26,6 +26,8 @@ from minio.helpers import MIN_PART_SIZE
 from taisu_etl.errors import StorageError
 from taisu_etl.storage import S3ObjectStore, image_key
 
+from .support import free_port
+
 pytestmark = pytest.mark.s3
 
 RCLONE = Path(sys.executable).with_name("rclone")
@@ -42,12 +44,6 @@ class RcloneS3:
         return S3ObjectStore(self.endpoint, ACCESS_KEY, secret_key, BUCKET, **kwargs)  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3]:
     if not RCLONE.exists():
@@ -56,7 +52,7 @@ def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RcloneS3]:
     # A bucket is a folder. Made before start-up: rclone answers a missing bucket's
     # GetBucketLocation in text/xml, which minio-py's bucket check does not take for XML.
     (root / BUCKET).mkdir()
-    port = _free_port()
+    port = free_port()
     log = root.parent / "rclone.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(

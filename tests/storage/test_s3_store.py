@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,7 @@ import pytest
 from taisu_etl.errors import StorageError
 from taisu_etl.storage import S3ObjectStore
 
-from .support import S3Server, fresh_bucket_name
+from .support import S3Server, free_port, fresh_bucket_name
 
 MakeStore = Callable[..., S3ObjectStore]
 SECRET = "s3cr3t-never-shown-9f8e7d"
@@ -98,14 +97,8 @@ def test_missing_bucket_is_named(s3_server: S3Server) -> None:
             operation()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unreachable_endpoint_fails_fast_with_one_line() -> None:
-    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there any more
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there any more
     store = S3ObjectStore(endpoint, "taisu-access", SECRET, "taisu-images")
 
     for operation in (
