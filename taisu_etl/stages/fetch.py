@@ -158,7 +158,9 @@ class _ShardFetch:
         # Uploads get their own connections, as many as requests in flight (up to 64), so they
         # neither queue behind ledger writes nor cap throughput.
         uploader = self.store.uploader(concurrency=min(self.settings.concurrency, 64))
-        with DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s) as pool:
+        # On this loop, not behind a dispatcher thread: see DecodePool (0.15 -> 0.09 ms per image).
+        with DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s,
+                        loop=asyncio.get_running_loop()) as pool:
             self.pool = pool
             async with uploader, Fetcher(self.settings.policy()) as fetcher:
                 self.uploader = uploader
@@ -229,7 +231,7 @@ class _ShardFetch:
         if decoded.sha256 in self.stored:
             key, size = self.stored[decoded.sha256]
         else:
-            put = await self.uploader.put_image(decoded.jpeg)
+            put = await self.uploader.put_image(decoded.jpeg, content_type="image/jpeg")
             key, size = self.stored[decoded.sha256] = (put.key, put.size)
             self.report.bytes_stored += put.size
         self.bands.append((sid, phash_bands(decoded.phash, self.image.phash_distance + 1)))

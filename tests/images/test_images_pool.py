@@ -260,3 +260,102 @@ def test_the_fork_server_started_early_serves_the_pool(tmp_path: Path) -> None:
                          text=True, timeout=120, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["ok"]
+
+
+# -- on an event loop (what the fetch stage uses): the same isolation without the thread ------
+
+
+def _on_loop(body, *args: object, **pool_args: object) -> object:
+    """Run `body(pool, *args)` in a fresh event loop with a pool attached to that loop."""
+
+    async def main() -> object:
+        opts = {"workers": 2, "initializer": None, **pool_args}
+        with DecodePool(CONFIG, loop=asyncio.get_running_loop(), **opts) as pool:  # type: ignore[arg-type]
+            return await asyncio.wait_for(body(pool, *args), LIMIT)
+
+    return asyncio.run(main())
+
+
+def test_on_a_loop_results_match_in_process_decoding() -> None:
+    datas = _images(30, offset=10) + [b"<html>"]
+
+    async def body(pool: DecodePool) -> list[object]:
+        return list(await asyncio.gather(*(pool.decode(d) for d in datas)))
+
+    assert _on_loop(body) == [normalise_image(d, CONFIG) for d in datas]
+
+
+def test_on_a_loop_crash_and_hang_cost_one_sample_each() -> None:
+    good = _images(14, offset=40)
+    datas = [CRASH] + good[:3] + [HANG] + good[3:] + [RAISE]
+
+    async def body(pool: DecodePool) -> tuple[list[object], list[object], object]:
+        started = time.monotonic()
+        results = list(await asyncio.gather(*(pool.decode(d) for d in datas)))
+        assert time.monotonic() - started < 20
+        after = list(await asyncio.gather(*(pool.decode(d) for d in _images(6, offset=60))))
+        return results, after, pool.stats
+
+    results, after, stats = _on_loop(body, fn=crash_or_hang, timeout_s=2.0, chunk_size=4)  # type: ignore[misc]
+    crash, hang, raised = results[0], results[4], results[-1]
+    assert isinstance(crash, ImageRejection) and crash.detail.startswith("decoder crashed") and "SIGSEGV" in crash.detail
+    assert isinstance(hang, ImageRejection) and hang.detail == "decoder timed out after 2 s"
+    assert isinstance(raised, ImageRejection) and raised.detail == "decoder raised RuntimeError: decoder bug"
+    assert [r.sha256 for r in results[1:4] + results[5:-1]] == [normalise_image(d, CONFIG).sha256 for d in good]
+    assert stats.crashed == 1 and stats.timed_out == 1  # type: ignore[attr-defined]
+    assert all(isinstance(r, NormalisedImage) for r in after)
+
+
+def test_on_a_loop_workers_are_recycled_and_sync_calls_refused() -> None:
+    datas = _images(7, offset=80)
+
+    async def body(pool: DecodePool) -> list[object]:
+        with pytest.raises(RuntimeError, match="await decode"):
+            pool.submit(datas[0])
+        with pytest.raises(RuntimeError, match="await decode"):
+            pool.map(datas)
+        out = [await pool.decode(d) for d in datas]  # one at a time: the loop is idle in between
+        assert pool.stats.workers_started >= 3
+        return out
+
+    results = _on_loop(body, workers=1, max_tasks_per_worker=3)
+    assert [r.sha256 for r in results] == [normalise_image(d, CONFIG).sha256 for d in datas]  # type: ignore[attr-defined]
+
+
+def test_on_a_loop_a_cancelled_caller_costs_nothing_else() -> None:
+    datas = _images(6, offset=120)
+
+    async def body(pool: DecodePool) -> list[object]:
+        slow = asyncio.ensure_future(pool.decode(HANG))
+        await asyncio.sleep(0.2)
+        slow.cancel()  # the worker still holds the image; its result, if any, has no one to go to
+        return list(await asyncio.gather(*(pool.decode(d) for d in datas)))
+
+    results = _on_loop(body, fn=crash_or_hang, timeout_s=1.0, workers=1)
+    assert all(isinstance(r, NormalisedImage) for r in results)
+
+
+def test_on_a_loop_workers_that_cannot_start_fail_loudly() -> None:
+    async def body(pool: DecodePool) -> None:
+        with pytest.raises(RuntimeError, match="die at start-up"):
+            await pool.decode(_images(1)[0])
+        with pytest.raises(RuntimeError, match="die at start-up"):
+            await pool.decode(b"x")
+
+    _on_loop(body, workers=1, initializer=exit_at_start)
+
+
+def test_on_a_loop_close_cancels_what_is_left() -> None:
+    async def main() -> None:
+        pool = DecodePool(CONFIG, loop=asyncio.get_running_loop(), workers=1, fn=crash_or_hang, initializer=None)
+        waiting = [asyncio.ensure_future(pool.decode(d)) for d in [HANG, *_images(3)]]
+        await asyncio.sleep(0.2)
+        pool.close()
+        pool.close()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        assert not pool._workers
+        with pytest.raises(RuntimeError, match="closed"):
+            await pool.decode(b"x")
+
+    asyncio.run(asyncio.wait_for(main(), LIMIT))
