@@ -5,12 +5,15 @@ in one of them must not take the fetch worker down, so `normalise_image` runs in
 processes that the pool owns one by one (not a `ProcessPoolExecutor`, which can neither say
 which task broke it nor stop one task that hangs):
 
-- each worker gets a short chunk of images over its own pipe and answers image by image, so
-  when it dies the image it was working on is known: that sample gets
-  `ImageRejection("decode_error", "decoder crashed ...")` and the rest of its chunk goes back
-  to the front of the queue;
-- the image at the head of each worker has a deadline; past it the worker is killed
-  (`"decoder timed out ..."`) and replaced;
+- each worker gets a short chunk of images over its own pipe and answers the whole chunk in one
+  message (one wake-up of the pool per chunk, not per image; the S3 PUTs that follow leave in
+  bursts too);
+- each chunk has a deadline of `timeout_s`; past it the worker is killed and replaced;
+- a chunk whose worker dies or passes its deadline goes back to the front of the queue image
+  by image, each alone in a chunk of its own, so the image that crashes or hangs a worker on
+  its own is the one blamed (`ImageRejection("decode_error", "decoder crashed ...")` or
+  `"decoder timed out ..."`) and the others are decoded again: a bad image costs its own
+  sample, one extra worker start, and a re-decode of the few images that shared its chunk;
 - a worker is also replaced after `max_tasks_per_worker` images, which bounds what a slow leak
   or heap fragmentation from large images can cost.
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import selectors
 import signal
 import socket
@@ -61,6 +65,7 @@ _READY: Final = "ready"
 class _Task:
     data: bytes
     future: Future[DecodeResult] | asyncio.Future[DecodeResult]
+    suspect: bool = False  # was in a chunk whose worker died or hung: goes alone next time
 
 
 @dataclass
@@ -68,8 +73,8 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: bool = False
-    inflight: deque[_Task] = field(default_factory=deque)  # sent, unanswered, in worker order
-    head_started: float = 0.0  # monotonic time the worker began inflight[0]
+    inflight: deque[_Task] = field(default_factory=deque)  # the chunk sent and not yet answered
+    head_started: float = 0.0  # monotonic time the chunk was sent
     done: int = 0
 
 
@@ -80,7 +85,7 @@ class PoolStats:
     completed: int = 0
     crashed: int = 0
     timed_out: int = 0
-    retried: int = 0  # innocent images sent again because their chunk's worker died
+    retried: int = 0  # images sent again, alone, because their chunk's worker died or hung
     workers_started: int = 0
 
 
@@ -391,10 +396,14 @@ class DecodePool:
                 # A task moves straight from the queue to the worker's in-flight list, so at
                 # every moment it is in one of the two and `_fail_everything` can find it.
                 while self._pending and len(w.inflight) < n and (not w.inflight or size < self._chunk_bytes):
+                    if self._pending[0].suspect and w.inflight:
+                        break  # a suspect goes alone, so that it alone answers for what happens
                     task = self._pending.popleft()
                     if _start(task.future):
                         w.inflight.append(task)
                         size += len(task.data)
+                        if task.suspect:
+                            break
             if not w.inflight:
                 continue
             w.head_started = time.monotonic()
@@ -463,17 +472,19 @@ class DecodePool:
         ):
             self._retire(w)
 
-    def _complete(self, w: _Worker, result: DecodeResult) -> None:
-        task = w.inflight.popleft()
-        w.done += 1
-        w.head_started = time.monotonic()
-        self.stats.completed += 1
+    def _complete(self, w: _Worker, results: list[DecodeResult]) -> None:
+        """A worker's answer to its whole chunk, in chunk order."""
+        if len(results) != len(w.inflight):
+            raise RuntimeError(f"a decode worker answered {len(results)} results for a chunk of {len(w.inflight)}")
         self._startup_failures = 0
-        _resolve(task.future, result)
+        for task, result in zip(w.inflight, results):
+            _resolve(task.future, result)
+        w.done += len(results)
+        self.stats.completed += len(results)
+        w.inflight.clear()
 
     def _on_death(self, w: _Worker) -> None:
-        # Results written before the worker died are still in the pipe: collect them first, so
-        # the image blamed is the one it was really working on.
+        # An answer written before the worker died is still in the pipe: collect it first.
         try:
             while w.inflight and w.conn.poll():
                 message = w.conn.recv()
@@ -485,11 +496,7 @@ class DecodePool:
             pass
         w.process.join(timeout=1.0)
         if w.inflight:
-            self.stats.crashed += 1
-            culprit = w.inflight.popleft()
-            _resolve(culprit.future, ImageRejection("decode_error", f"decoder crashed ({_exit_text(w.process.exitcode)})"))
-            self._requeue(w.inflight)
-            w.inflight.clear()
+            self._blame_or_retry(w, f"decoder crashed ({_exit_text(w.process.exitcode)})", timed_out=False)
         elif not w.ready:
             self._startup_failures += 1
             if self._startup_failures >= _MAX_STARTUP_FAILURES:
@@ -502,17 +509,28 @@ class DecodePool:
         self._replace(w)
 
     def _on_timeout(self, w: _Worker) -> None:
-        self.stats.timed_out += 1
         w.process.kill()
         w.process.join(timeout=5.0)
-        culprit = w.inflight.popleft()
-        _resolve(culprit.future, ImageRejection("decode_error", f"decoder timed out after {self.timeout_s:g} s"))
-        self._requeue(w.inflight)
-        w.inflight.clear()
+        self._blame_or_retry(w, f"decoder timed out after {self.timeout_s:g} s", timed_out=True)
         self._replace(w)
 
+    def _blame_or_retry(self, w: _Worker, why: str, *, timed_out: bool) -> None:
+        """A chunk's worker died or hung. Alone in its chunk, the image is the cause; among
+        others, any of them may be, so each goes round again on its own."""
+        if len(w.inflight) == 1:
+            if timed_out:
+                self.stats.timed_out += 1
+            else:
+                self.stats.crashed += 1
+            _resolve(w.inflight[0].future, ImageRejection("decode_error", why))
+        else:
+            for task in w.inflight:
+                task.suspect = True
+            self._requeue(w.inflight)
+        w.inflight.clear()
+
     def _requeue(self, tasks: Iterable[_Task]) -> None:
-        """Put innocent tasks back at the front of the queue, in their original order."""
+        """Put tasks back at the front of the queue, in their original order."""
         tasks = list(tasks)
         self.stats.retried += len(tasks)
         with self._lock:
@@ -598,15 +616,24 @@ def _worker_main(
             return
         if chunk is None:
             return
+        results: list[object] = []
         for data in chunk:
             try:
-                result: object = fn(data, config)
+                results.append(fn(data, config))
             except Exception as exc:  # noqa: BLE001 - a raising fn costs this sample only
-                result = ImageRejection("decode_error", f"decoder raised {type(exc).__name__}: {exc}"[:200])
-            try:
-                conn.send(result)
-            except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                conn.send(ImageRejection("decode_error", f"result not sendable: {type(exc).__name__}"))
+                results.append(ImageRejection("decode_error", f"decoder raised {type(exc).__name__}: {exc}"[:200]))
+        try:
+            conn.send(results)
+        except Exception:  # noqa: BLE001 - e.g. an unpicklable result: find it, send the rest
+            conn.send([_sendable(r) for r in results])
+
+
+def _sendable(result: object) -> object:
+    try:
+        pickle.dumps(result)
+    except Exception as exc:  # noqa: BLE001
+        return ImageRejection("decode_error", f"result not sendable: {type(exc).__name__}")
+    return result
 
 
 def _exit_text(code: int | None) -> str:
