@@ -93,9 +93,11 @@ class ImageConfig(BaseModel):
         10.0,
         gt=0,
         description=(
-            "Most seconds one image may spend in a decode worker before the worker is killed and "
-            "the sample rejected (decode_error). A 48 MP JPEG, PNG or WebP goes through the whole "
-            "path in under a second on one core; 10 s leaves room for a loaded machine."
+            "Most seconds a decode worker may spend on one chunk of images (8 at most) before it "
+            "is killed; the chunk's images then go round again one by one, and an image that "
+            "passes the limit alone is rejected (decode_error). A 48 MP JPEG, PNG or WebP goes "
+            "through the whole path in under a second on one core; 10 s leaves room for a loaded "
+            "machine."
         ),
     )
 
