@@ -533,7 +533,7 @@ def _imagehash_phash(jpeg: bytes) -> str:
     import imagehash
 
     with Image.open(io.BytesIO(jpeg), formats=["JPEG"]) as im:
-        im.draft("L", (32, 32))
+        im.draft("L", (64, 64))
         return str(imagehash.phash(im))
 
 
