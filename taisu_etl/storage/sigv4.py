@@ -7,13 +7,12 @@ a small PUT from the event-loop uploader. A PUT there always signs the same six 
 so this signer:
 
 - derives the signing key once per UTC day (the key depends on the date, region and service only)
-  and keeps just the latest day, together with the HMAC's inner and outer SHA-256 states, so a
-  signature is two SHA-256 continuations instead of a fresh HMAC;
+  and keeps just the latest day;
 - writes the canonical request with one f-string over the fixed, already sorted header names
   (content-length, content-type, host, x-amz-content-sha256, x-amz-date[, x-amz-security-token]),
   trimming values with minio's rule (runs of spaces become one, then `str.strip()`), and running
   the regex only when a value holds two spaces in a row;
-- formats x-amz-date from the datetime's fields, reusing the last string while the time is the same.
+- formats x-amz-date from the datetime's fields.
 
 `tests/storage/test_sigv4.py` holds `put_headers` equal to minio's output (headers, order and
 Authorization) over many keys, paths, regions, dates and session tokens, so this can replace the
@@ -31,9 +30,6 @@ _ALGORITHM = "AWS4-HMAC-SHA256"
 _MULTI_SPACE = re.compile(r"( +)")  # minio.signer._MULTI_SPACE_REGEX
 _SIGNED = "content-length;content-type;host;x-amz-content-sha256;x-amz-date"
 _SIGNED_WITH_TOKEN = _SIGNED + ";x-amz-security-token"
-_BLOCK = 64  # SHA-256 block size, the HMAC key is padded to it
-_TRANS_36 = bytes(x ^ 0x36 for x in range(256))
-_TRANS_5C = bytes(x ^ 0x5C for x in range(256))
 
 
 def _trim(value: str) -> str:
@@ -78,22 +74,20 @@ class SigV4Signer:
         self._secret_key = secret_key
         self._token_line = f"\nx-amz-security-token:{_trim(session_token)}" if session_token else ""
         self._signed = _SIGNED_WITH_TOKEN if session_token else _SIGNED
-        # Each cache is one tuple swapped in whole, so a thread never sees half of an update.
-        self._day: tuple[str, str, str, hashlib._Hash, hashlib._Hash] | None = None
-        self._last_date: tuple[datetime, str] | None = None
+        # One tuple swapped in whole, so a thread never sees half of an update.
+        self._day: tuple[str, str, str, bytes] | None = None
 
-    def _day_state(self, datestamp: str) -> tuple[str, str, str, hashlib._Hash, hashlib._Hash]:
-        """(datestamp, scope, Authorization up to the signature, HMAC inner and outer states)."""
+    def _day_state(self, datestamp: str) -> tuple[str, str, str, bytes]:
+        """(datestamp, scope, Authorization up to the signature, signing key) for one day."""
         day = self._day
         if day is not None and day[0] == datestamp:
             return day
-        key = _signing_key(self._secret_key, datestamp, self.region, self.service).ljust(_BLOCK, b"\0")
         scope = f"{datestamp}/{self.region}/{self.service}/aws4_request"
         authorization = (
             f"{_ALGORITHM} Credential={self.access_key}/{scope}, SignedHeaders={self._signed}, Signature="
         )
-        day = (datestamp, scope, authorization, hashlib.sha256(key.translate(_TRANS_36)),
-               hashlib.sha256(key.translate(_TRANS_5C)))
+        day = (datestamp, scope, authorization,
+               _signing_key(self._secret_key, datestamp, self.region, self.service))
         self._day = day
         return day
 
@@ -114,13 +108,8 @@ class SigV4Signer:
         """
         if now is None:
             now = datetime.now(UTC).replace(microsecond=0)
-        last = self._last_date
-        if last is not None and last[0] == now:
-            amz_date = last[1]
-        else:
-            amz_date = _amz_date(now)
-            self._last_date = (now, amz_date)
-        _, scope, authorization, inner, outer = self._day_state(amz_date[:-8])
+        amz_date = _amz_date(now)
+        _, scope, authorization, key = self._day_state(amz_date[:-8])
         length = str(content_length)
         canonical = (
             f"PUT\n{path or '/'}\n\n"
@@ -131,10 +120,7 @@ class SigV4Signer:
         string_to_sign = (
             f"{_ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
         )
-        mac = inner.copy()
-        mac.update(string_to_sign.encode())
-        signature = outer.copy()
-        signature.update(mac.digest())
+        signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
         headers = {
             "Host": host,
             "Content-Type": content_type,
@@ -144,5 +130,5 @@ class SigV4Signer:
         if self.session_token:  # where minio's client puts it: before x-amz-date
             headers["X-Amz-Security-Token"] = self.session_token
         headers["x-amz-date"] = amz_date
-        headers["Authorization"] = authorization + signature.hexdigest()
+        headers["Authorization"] = authorization + signature
         return headers
