@@ -154,13 +154,14 @@ class DecodePool:
         self._closing = False
         self._broken: str | None = None
         self._wake_sent = False  # a submit's wake-up byte is unread (guarded by _lock)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        # One selector for the pool's life: rebuilding a poll set per wait (what
-        # multiprocessing.connection.wait does) cost more than decoding a small image.
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        if loop is None:  # the dispatcher thread's own wake-up socket and selector
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            # One selector for the pool's life: rebuilding a poll set per wait (what
+            # multiprocessing.connection.wait does) cost more than decoding a small image.
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._workers: list[_Worker] = []
         self._startup_failures = 0
         for _ in range(self.workers):
@@ -317,14 +318,11 @@ class DecodePool:
         for w in self._workers:
             tasks.extend(w.inflight)
             w.inflight.clear()
-            if w.process.is_alive() and w.process.exitcode is None:
+            if w.process.is_alive():
                 w.process.kill()  # its chunk is cancelled: no need to wait for it
         for t in tasks:
             t.future.cancel()
         self._stop_workers()
-        self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
 
     # -- dispatcher thread --------------------------------------------------------------------
 
