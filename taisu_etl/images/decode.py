@@ -15,6 +15,7 @@ from collections import OrderedDict
 from typing import Final
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageCms, ImageOps
 
 from taisu_etl.images.checks import check_dimensions
@@ -45,32 +46,64 @@ def sniff(data: bytes) -> ImageFormat | None:
 # corner of its 2-D DCT-II, one bit per coefficient.
 _PHASH_BITS_SIDE: Final = 8
 _PHASH_IMAGE_SIDE: Final = 32
+# The size Pillow's draft() is asked for: decode at the smallest of 1/8, 1/4, 1/2, 1/1 scale
+# that keeps both sides at least this big.
+_PHASH_DRAFT_SIDE: Final = 64
 
 
 def perceptual_hash(jpeg: bytes) -> str:
     """64-bit DCT pHash of JPEG bytes as 16 lower-case hex digits.
 
-    This is imagehash.phash's algorithm (hash_size=8, highfreq_factor=4) and output format,
-    reproduced step for step without its per-call object overhead: the same grey conversion,
-    LANCZOS resize to 32x32 and `scipy.fftpack.dct` calls, so the coefficients are the same
-    floats. Two steps are shortcuts that cannot change a bit: the median of the 64
-    coefficients is the mean of the two middle ones after a sort (what `numpy.median` computes
-    after its partition), and the bits, row by row with the first as the most significant, are
-    packed into bytes and printed as hex instead of going through a string of "0"s and "1"s.
+    This is imagehash.phash's algorithm (hash_size=8, highfreq_factor=4) and output format on
+    the JPEG decoded by Pillow with `draft("L", (64, 64))`, reproduced step for step without
+    Pillow's per-call object overhead, so every bit is the same:
+    - the grey decode at 1/8, 1/4 or 1/2 scale (libjpeg DCT scaling, luma only) comes from
+      libjpeg-turbo through simplejpeg, with the scale Pillow's draft() picks, for YCbCr and
+      greyscale JPEGs: the same library computing the same thing, pixel for pixel. Anything
+      else (CMYK, Adobe RGB, a stream libjpeg warns about) is decoded by Pillow itself;
+    - the LANCZOS shrink to 32x32 is Pillow's own resize;
+    - the DCT is the same `scipy.fftpack.dct` calls; the median of the 64 coefficients is the
+      mean of the two middle ones after a sort (what `numpy.median` computes after its
+      partition), and the bits, row by row with the first as the most significant, are packed
+      into bytes and printed as hex instead of going through a string of "0"s and "1"s.
     `test_perceptual_hash_equals_imagehash_phash` holds it equal to `str(imagehash.phash(...))`.
 
     Hashed from the stored bytes, not from the pixels before encoding, so anyone holding the
     object (a recheck, a takedown request run through `normalise_image`) gets the same value.
-    pHash starts by shrinking to 32x32 grey, so the JPEG is decoded at up to 1/8 scale (libjpeg
-    DCT scaling, luma only): cheaper than a full decode and the same function of the bytes.
     """
+    grey = Image.fromarray(_grey_at_draft_scale(jpeg), "L")
+    side = _PHASH_IMAGE_SIDE
+    return _phash_hex(np.asarray(grey.resize((side, side), Image.Resampling.LANCZOS)))
+
+
+def _draft_scale(width: int, height: int, side: int) -> int:
+    """The scale denominator Pillow's JpegImageFile.draft picks for a requested (side, side)."""
+    fits = min(width // side, height // side)
+    return next((s for s in (8, 4, 2) if fits >= s), 1)
+
+
+def _grey_at_draft_scale(jpeg: bytes) -> np.ndarray:
+    """The 2-D uint8 luma Pillow's `draft("L", (64, 64))` + `convert("L")` decodes from `jpeg`."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(jpeg)
+    except ValueError:
+        colorspace = None
+    if colorspace in ("YCbCr", "Gray"):
+        scale = _draft_scale(width, height, _PHASH_DRAFT_SIDE)
+        want = (-(-height // scale), -(-width // scale))
+        try:
+            # strict: a stream libjpeg only warns about goes to Pillow, which decides for itself.
+            grey = simplejpeg.decode_jpeg(
+                jpeg, colorspace="GRAY", min_height=want[0], min_width=want[1], min_factor=scale
+            )
+        except ValueError:
+            grey = None
+        if grey is not None and grey.shape[:2] == want:
+            return grey[:, :, 0]
     with Image.open(io.BytesIO(jpeg), formats=["JPEG"]) as im:
-        im.draft("L", (64, 64))
+        im.draft("L", (_PHASH_DRAFT_SIDE, _PHASH_DRAFT_SIDE))
         # convert() to the mode an image already has is only a copy; CMYK JPEGs still convert.
-        grey = im if im.mode == "L" else im.convert("L")
-        side = _PHASH_IMAGE_SIDE
-        small = grey.resize((side, side), Image.Resampling.LANCZOS)
-    return _phash_hex(np.asarray(small))
+        return np.asarray(im if im.mode == "L" else im.convert("L"))
 
 
 def _phash_hex(pixels: np.ndarray) -> str:

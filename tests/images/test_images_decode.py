@@ -644,6 +644,62 @@ def test_perceptual_hash_equals_imagehash_phash(corpus: str) -> None:
     assert not differ, f"{len(differ)}/{len(jpegs)} differ (index, imagehash, ours): {differ[:5]}"
 
 
+def _pillow_draft_grey(jpeg: bytes) -> np.ndarray:
+    """What perceptual_hash used to decode with Pillow alone: draft("L", (64, 64)), then L."""
+    with Image.open(io.BytesIO(jpeg), formats=["JPEG"]) as im:
+        im.draft("L", (64, 64))
+        return np.asarray(im if im.mode == "L" else im.convert("L"))
+
+
+@pytest.mark.parametrize("corpus", list(_PHASH_CORPORA))
+def test_grey_draft_decode_is_pillows_pixel_for_pixel(corpus: str) -> None:
+    # The hash test above could miss a pixel that moved without flipping a bit; this cannot.
+    # simplejpeg decodes the YCbCr and grey JPEGs here, Pillow the CMYK ones: both must give
+    # exactly Pillow's draft decode.
+    from taisu_etl.images.decode import _grey_at_draft_scale
+
+    differ = []
+    for i, data in enumerate(_PHASH_CORPORA[corpus]()):
+        want, got = _pillow_draft_grey(data), _grey_at_draft_scale(data)
+        if want.shape != got.shape or not np.array_equal(want, got):
+            differ.append((i, want.shape, got.shape))
+    assert not differ, f"{len(differ)} differ (index, Pillow shape, ours): {differ[:5]}"
+
+
+def test_grey_draft_decode_takes_the_fast_path_for_our_own_output() -> None:
+    # What the stage hashes is always its own baseline YCbCr JPEG: that must not fall back to
+    # Pillow (which is where the time went), at every draft scale.
+    from taisu_etl.images import decode
+
+    calls = []
+    real_open = decode.Image.open
+
+    def counting_open(*args: object, **kwargs: object) -> Image.Image:
+        calls.append(args)
+        return real_open(*args, **kwargs)
+
+    stored = [ok(normalise_image(encode(scene(w, h, seed=w), "JPEG"), ImageConfig(min_side=1, max_aspect=64.0))).jpeg
+              for w, h in [(40, 40), (200, 130), (300, 260), (700, 520), (1200, 600)]]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(decode.Image, "open", counting_open)
+        for data in stored:
+            decode._grey_at_draft_scale(data)
+    assert calls == []
+
+
+def test_grey_draft_decode_leaves_damaged_streams_to_pillow() -> None:
+    # libjpeg only warns about a truncated stream (and fills in grey); simplejpeg's strict mode
+    # turns that into an error, so Pillow decides, as before: it refuses to hash a truncated file.
+    data = encode(scene(256, 256, seed=3), "JPEG", quality=90)
+    truncated = data[: len(data) // 2]
+    with pytest.raises(OSError):
+        perceptual_hash(truncated)
+    # Junk between segments: libjpeg warns, Pillow skips it; same hash as the clean file's.
+    head = data.index(b"\xff\xdb")
+    junk = data[:head] + b"\x00\x00" + data[head:]
+    assert perceptual_hash(junk) == _imagehash_phash(junk)
+
+
 def test_perceptual_hash_of_flat_images() -> None:
     # Flat: the DCT of a constant is DC plus exact zeros, so the median is 0.0. Black has DC 0
     # too: no bit is set, and the hex keeps all 16 digits; any other grey sets the DC bit only.
