@@ -341,6 +341,11 @@ class DecodePool:
         if self._loop is not None:
             self._loop.add_reader(parent.fileno(), self._on_loop_event, self._receive, w)
             self._loop.add_reader(process.sentinel, self._on_loop_event, self._on_death, w)
+            # uvloop (libuv's uv_poll_init) makes a watched descriptor non-blocking. `recv` must
+            # block: a chunk's answer can arrive in two writes, and a non-blocking read between
+            # them raised BlockingIOError, which looked like the worker dying (killed, joined
+            # on the loop, its chunk re-decoded): 2,000 images took 12 s instead of 2.3.
+            os.set_blocking(parent.fileno(), True)
         else:
             self._selector.register(parent, selectors.EVENT_READ, ("conn", w))
             self._selector.register(process.sentinel, selectors.EVENT_READ, ("died", w))

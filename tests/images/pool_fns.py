@@ -6,6 +6,7 @@ Module-level so that spawned workers can import them by name.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import resource
 import signal
@@ -33,3 +34,12 @@ def crash_or_hang(data: bytes, config: ImageConfig) -> NormalisedImage | ImageRe
 def exit_at_start() -> None:
     """An initializer standing for a worker that cannot start (broken install, no memory)."""
     os._exit(3)
+
+
+def big_answer(data: bytes, config: ImageConfig) -> NormalisedImage | ImageRejection:
+    """normalise_image with 1 MiB of padding on the JPEG: an answer far larger than a socket
+    buffer, so the worker writes it in several goes and the pool reads it while it is written."""
+    result = normalise_image(data, config)
+    if isinstance(result, NormalisedImage):
+        return dataclasses.replace(result, jpeg=result.jpeg + bytes(1 << 20))
+    return result

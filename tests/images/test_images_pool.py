@@ -19,7 +19,7 @@ from taisu_etl.images import (
     NormalisedImage,
     normalise_image,
 )
-from tests.images.pool_fns import CRASH, HANG, RAISE, crash_or_hang, exit_at_start
+from tests.images.pool_fns import CRASH, HANG, RAISE, big_answer, crash_or_hang, exit_at_start
 from tests.images.support import encode
 
 CONFIG = ImageConfig(min_side=1)
@@ -284,6 +284,25 @@ def test_on_a_loop_results_match_in_process_decoding() -> None:
         return list(await asyncio.gather(*(pool.decode(d) for d in datas)))
 
     assert _on_loop(body) == [normalise_image(d, CONFIG) for d in datas]
+
+
+def test_on_uvloop_answers_bigger_than_a_socket_buffer_are_read_whole() -> None:
+    # uvloop makes a descriptor it watches non-blocking. A 1 MiB answer arrives in several
+    # writes; reading it without blocking once failed half-way, the pool took that for a dead
+    # worker, replaced it and decoded the chunk again (and again).
+    uvloop = pytest.importorskip("uvloop")
+    datas = _images(8, offset=70)
+
+    async def main() -> tuple[list[object], object]:
+        with DecodePool(CONFIG, loop=asyncio.get_running_loop(), workers=2, initializer=None,
+                        fn=big_answer, chunk_size=2) as pool:
+            results = await asyncio.wait_for(asyncio.gather(*(pool.decode(d) for d in datas)), LIMIT)
+            return list(results), pool.stats
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        results, stats = runner.run(main())
+    assert [r.jpeg[: -(1 << 20)] for r in results] == [normalise_image(d, CONFIG).jpeg for d in datas]  # type: ignore[attr-defined]
+    assert stats.workers_started == 2 and stats.crashed == 0  # type: ignore[attr-defined]
 
 
 def test_on_a_loop_crash_and_hang_cost_one_sample_each() -> None:
