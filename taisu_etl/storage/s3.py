@@ -116,7 +116,7 @@ class S3ObjectStore(ObjectStore):
             timeout=urllib3.Timeout(connect=connect_timeout_s, read=read_timeout_s),
             # Kept-alive connections for up to 64 threads calling `put` at once: with fewer,
             # every upload beyond the pool's size opens and then drops a connection. (The fetch
-            # stage's uploads go through `uploader()`, which has its own aiohttp connections.)
+            # stage's uploads go through `uploader()`, which has its own connections.)
             maxsize=64,
             cert_reqs="CERT_REQUIRED",
             ca_certs=_ca_file(),
@@ -150,7 +150,7 @@ class S3ObjectStore(ObjectStore):
         return f"s3://{self.bucket} at {self.endpoint_url}"
 
     def uploader(self, concurrency: int = 64) -> S3Uploader:
-        """PUTs from an event loop over aiohttp, cheaper per object than `put` in threads."""
+        """PUTs from an event loop over kept-alive connections, cheaper per object than `put` in threads."""
         from taisu_etl.storage.s3_uploader import S3Uploader  # imports this module
 
         return S3Uploader(self, concurrency)

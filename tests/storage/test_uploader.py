@@ -59,7 +59,7 @@ def test_put_image_stores_bytes_under_their_sha256(store: ObjectStore) -> None:
     async def scenario() -> None:
         async with store.uploader(8) as up:
             if isinstance(store, S3ObjectStore):
-                assert isinstance(up, S3Uploader)  # the aiohttp path, not the thread pool
+                assert isinstance(up, S3Uploader)  # the event-loop path, not the thread pool
             return await up.put_image(JPEG)
 
     result = asyncio.run(scenario())
@@ -454,7 +454,7 @@ def test_a_connection_that_keeps_dropping_says_it_is_broken() -> None:
         return server.requests, endpoint, _one_line(caught.value)
 
     requests, endpoint, message = _run(scenario)
-    # Two attempts, as the blocking path makes: aiohttp resends the idempotent PUT once itself.
+    # Two attempts, as the blocking path makes: the idempotent PUT is sent once more on a new connection.
     assert requests == 2
     assert message.startswith(f"cannot reach the object store at {endpoint} (connection broken)")
 
