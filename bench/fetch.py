@@ -491,7 +491,9 @@ def main() -> int:
             print(f"  S3 stand-in ceiling, {kind}, {label}: {p.puts_per_s:,.0f} PUT/s, "
                   f"client CPU {p.client_cpu_ms:.2f} ms per PUT (64 concurrent, 2.8 KB)")
     print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
-          "Postgres ledger event; target ratio >= 1.0 against img2dataset's cheapest mode (none), aim 2.0")
+          "Postgres ledger event")
+    print("  target: ratio >= 1.0 against img2dataset with resize_mode=no (`default` above: it decodes and "
+          "re-encodes, as taisu-etl must), aim 2.0; `none` never decodes, the stricter reference")
     envs = " && ".join(STANDIN_BIN[k][1] for k in stores if k in STANDIN_BIN and k != "rclone")
     print(f"reproduce: bash bench/peer_env.sh && {envs + ' && ' if envs else ''}python bench/fetch.py --images {args.images} "
           f"--processes {args.processes} --threads {args.threads} --stores {','.join(stores)} --workdir {workdir}")
