@@ -27,6 +27,8 @@ from taisu_etl.storage.http1 import (
     Http1Pool,
 )
 
+from .support import read_http_request
+
 OK = b'HTTP/1.1 200 OK\r\nETag: "e1"\r\nContent-Length: 0\r\n\r\n'
 Script = Callable[[int, int], bytes | None]  # (connection number, request number on it) -> answer, None: hang up
 
@@ -48,13 +50,7 @@ class ScriptedServer:
         conn, n = self.connections, 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.decode("latin-1").split("\r\n"):
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                self.requests.append(head + await reader.readexactly(length))
+                self.requests.append(await read_http_request(reader))
                 n += 1
                 answer = self.script(conn, n)
                 if answer is None:

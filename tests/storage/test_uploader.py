@@ -39,6 +39,8 @@ from taisu_etl.storage import (
 from taisu_etl.storage.s3_uploader import S3Uploader
 from taisu_etl.storage.uploader import Uploader
 
+from .support import read_http_request
+
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET_KEY = "secret"
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
@@ -404,13 +406,7 @@ class DroppingServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.decode("latin-1").split("\r\n"):
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+                await read_http_request(reader)
                 self.requests += 1
                 if self.requests <= self.drops:
                     break
