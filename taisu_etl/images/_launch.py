@@ -114,6 +114,28 @@ def start_fork_server() -> None:
     forkserver.ensure_running()
 
 
+def worker_context(start_method: str | None = None) -> BaseContext:
+    """A multiprocessing context whose workers start like DecodePool's: forked from the clean fork
+    server, never re-running the caller's main script. For pools that take a context (a
+    `ProcessPoolExecutor`), whose worker code must be importable by module name.
+
+    Under Airflow's task runner the main script is the `airflow` command: a spawned child that
+    re-imports it fails on the runner's blocked metadata connection, and the pool breaks.
+    """
+    method = start_method or default_start_method()
+    ctx = multiprocessing.get_context(method)
+    if method != "forkserver" or LeanForkServerProcess is None:
+        return ctx
+    forkserver.set_forkserver_preload(list(PRELOAD))
+    return _LeanForkServerContext()
+
+
+if LeanForkServerProcess is not None:
+
+    class _LeanForkServerContext(mp_context.ForkServerContext):  # type: ignore[misc,valid-type]
+        Process = LeanForkServerProcess
+
+
 def process_factory(start_method: str | None, *code: Any) -> tuple[BaseContext, Any]:
     """The multiprocessing context for `start_method` (default: forkserver where there is one)
     and the Process class to start workers with. `code`: the callables the worker must find."""

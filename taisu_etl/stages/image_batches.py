@@ -1,7 +1,8 @@
 """Stored images to model-ready tensors, decoded ahead of the model so that it never waits.
 
 Reading from the object store is I/O: threads. Decoding and preprocessing is CPU: worker
-processes (spawned, so no inherited database connections or locks), each handed a whole batch
+processes (forked from a clean fork server, so no inherited database connections or locks, and
+never re-running the caller's main script: see `taisu_etl.images._launch`), each handed a whole batch
 so that the per-task overhead is paid once per batch. Up to `prefetch` batches are in flight
 while the caller runs the model on the current one.
 """
@@ -9,7 +10,6 @@ while the caller runs the model on the current one.
 from __future__ import annotations
 
 import io
-import multiprocessing
 import pickle
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+from taisu_etl.images._launch import worker_context
 from taisu_etl.storage import ObjectStore
 
 Preprocess = Callable[[Image.Image], Any]
@@ -105,7 +106,7 @@ class ImageBatches:
         self._pool: ProcessPoolExecutor | None = None
         if workers > 0:
             self._pool = ProcessPoolExecutor(
-                workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker, initargs=(pickle.dumps(self.preprocesses), draft),
+                workers, mp_context=worker_context(), initializer=_init_worker, initargs=(pickle.dumps(self.preprocesses), draft),
             )
 
     def __enter__(self) -> "ImageBatches":
