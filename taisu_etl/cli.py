@@ -36,12 +36,14 @@ def _show_progress() -> None:
 
 def _mount_subcommands() -> None:
     # Their modules import no torch at import time, so `taisu-etl --help` stays fast.
+    from taisu_etl.leases_cli import leases_app
     from taisu_etl.models.cli import models_app, tokenizer_app
     from taisu_etl.release.cli import release_app
 
     app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(models_app, name="models")
     app.add_typer(release_app, name="release")
+    app.add_typer(leases_app, name="leases")
 
 
 _mount_subcommands()
@@ -80,16 +82,19 @@ def db_ddl() -> None:
 
 @app.command("status")
 def status(recipe: RecipeOpt = None, as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Print the funnel: samples per state, and why the rest were dropped."""
+    """Print the funnel: samples per state, why the rest were dropped, and the leases held (by whom, until when)."""
+    from taisu_etl.db.leases import lease_holders
+    from taisu_etl.leases_cli import format_holdings
     from taisu_etl.reports import format_funnel
     from taisu_etl.services import open_ledger
 
     settings = _settings(recipe)
     ledger = open_ledger(settings)
     funnel, reasons, issues = ledger.funnel(), ledger.reason_counts(), ledger.issue_counts()
+    leases = lease_holders(ledger)
     if as_json:
-        typer.echo(json.dumps({"funnel": funnel, "reasons": [list(r) for r in reasons], "ingest_issues": [list(i) for i in issues]},
-                              ensure_ascii=False))
+        typer.echo(json.dumps({"funnel": funnel, "reasons": [list(r) for r in reasons], "ingest_issues": [list(i) for i in issues],
+                               "leases": [h.as_dict() for h in leases]}, ensure_ascii=False))
     else:
         typer.echo(f"ledger {settings.ledger_url_safe}")
         typer.echo(format_funnel(funnel, reasons))
@@ -97,6 +102,9 @@ def status(recipe: RecipeOpt = None, as_json: Annotated[bool, typer.Option("--js
             typer.echo("\nsource rows that did not become samples:")
             for source, reason, n in issues:
                 typer.echo(f"  {source}: {reason} {n:,}")
+        if leases:
+            typer.echo("\nleases held (`taisu-etl leases release --dead` frees those of dead owners):")
+            typer.echo(format_holdings(leases))
 
 
 @app.command("ingest")
@@ -165,7 +173,7 @@ def fetch_cmd(
     _show_progress()
     settings = _settings(recipe)
     report = fetch_shard(open_ledger(settings), open_store(settings), settings.fetch, settings.image, shard=shard,
-                         lease_seconds=settings.pipeline.lease_seconds)
+                         lease_seconds=settings.pipeline.lease_seconds, claim_wait_seconds=settings.pipeline.claim_wait_seconds)
     typer.echo(report.summary())
 
 
@@ -194,7 +202,7 @@ def score_cmd(
     _show_progress()
     settings = _settings(recipe)
     report = score_shard(open_ledger(settings), open_store(settings), settings.score, shard=shard,
-                         lease_seconds=settings.pipeline.lease_seconds)
+                         lease_seconds=settings.pipeline.lease_seconds, claim_wait_seconds=settings.pipeline.claim_wait_seconds)
     typer.echo(report.summary())
 
 
@@ -211,7 +219,8 @@ def caption_cmd(
     _show_progress()
     settings = _settings(recipe)
     report = caption_shard(open_ledger(settings), open_store(settings), settings.caption, settings.score,
-                           TextFilter(settings.text), shard=shard, lease_seconds=settings.pipeline.lease_seconds)
+                           TextFilter(settings.text), shard=shard, lease_seconds=settings.pipeline.lease_seconds,
+                           claim_wait_seconds=settings.pipeline.claim_wait_seconds)
     typer.echo(report.summary())
 
 

@@ -29,8 +29,27 @@ class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     shards: int = Field(16, ge=1, le=1_000_000, description="shards assigned at ingest (hash of the URL)")
-    lease_seconds: int = Field(900, ge=10, description="how long a claim on samples lasts before another worker may take them")
+    lease_seconds: int = Field(
+        120, ge=10,
+        description="how long a claim on samples lasts unless renewed; a working stage renews it every third of this",
+    )
+    claim_wait_seconds: int | None = Field(
+        None, ge=0,
+        description=(
+            "how long a stage waits for samples leased by a live owner before failing; default lease_seconds + 30"
+        ),
+    )
+    db_retry_seconds: int = Field(
+        60, ge=0, description="how long a stage keeps reconnecting to a lost ledger before it fails",
+    )
     batch_size: int = Field(2000, ge=1, description="samples claimed and written per ledger round trip")
+
+    @model_validator(mode="after")
+    def _default_claim_wait(self) -> "PipelineConfig":
+        # Long enough for a lease whose owner died without releasing it to run out, and then some.
+        if self.claim_wait_seconds is None:
+            object.__setattr__(self, "claim_wait_seconds", self.lease_seconds + 30)
+        return self
 
 
 class Settings(BaseSettings):

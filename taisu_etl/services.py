@@ -14,6 +14,7 @@ def open_ledger(settings: Settings, *, require_schema: bool = True) -> Ledger:
         shards=settings.pipeline.shards,
         recipe_version=settings.recipe_version,
         require_schema=require_schema,
+        retry_seconds=settings.pipeline.db_retry_seconds,
     )
 
 

@@ -129,3 +129,55 @@ def test_the_example_recipe_is_valid_and_matches_the_defaults(tmp_path: Path) ->
     assert settings.fetch == defaults.fetch and settings.image == defaults.image
     assert settings.score == defaults.score and settings.caption == defaults.caption
     assert settings.recipe_version == "example-v1"
+
+
+def _leased_ledger(home: Path) -> tuple[str, str]:
+    """A ledger under `home` with samples leased to a dead process and to this (live) one: (dead, live) tokens."""
+    from taisu_etl.db.engine import make_engine
+    from taisu_etl.db.leases import LeaseOwner
+    from taisu_etl.db.ledger import Ledger, NewSample
+    from taisu_etl.db.migrate import upgrade
+    from taisu_etl.vocab import State
+
+    url = f"sqlite:///{(home / 'ledger.db').resolve()}"
+    upgrade(make_engine(url))
+    ledger = Ledger.open(url, shards=1)
+    ledger.add_samples(NewSample(caption=f"湖边的一棵老树 第{i}张", source="s.csv", url=f"http://a.example.com/{i}.jpg") for i in range(12))
+    proc = subprocess.Popen(["sleep", "30"])
+    dead = LeaseOwner.current("fetch.0.crashed0", pid=proc.pid).token
+    proc.kill()
+    proc.wait()
+    live = LeaseOwner.current("score.0.running0").token
+    assert len(ledger.claim(state=State.INGESTED, owner=dead, shard=0, limit=5, lease_seconds=600)) == 5
+    assert len(ledger.claim(state=State.INGESTED, owner=live, shard=0, limit=3, lease_seconds=600)) == 3
+    ledger.dispose()
+    return dead, live
+
+
+def test_status_and_leases_show_who_holds_what_and_release_frees_only_dead_owners(tmp_path: Path) -> None:
+    import json
+
+    dead, live = _leased_ledger(tmp_path)
+    res = run_cli("status", home=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "leases held" in res.stdout and dead in res.stdout and live in res.stdout
+    res = run_cli("status", "--json", home=tmp_path)
+    leases = {h["owner"]: h for h in json.loads(res.stdout)["leases"]}
+    assert leases[dead]["samples"] == 5 and leases[dead]["dead"] is True and leases[dead]["state"] == "ingested"
+    assert leases[live]["samples"] == 3 and leases[live]["dead"] is False and leases[live]["liveness"] == "alive"
+    assert leases[live]["until"].endswith("Z") and leases[dead]["shard"] == 0
+
+    res = run_cli("leases", "list", home=tmp_path)
+    assert res.returncode == 0 and "dead" in res.stdout and "alive" in res.stdout
+    res = run_cli("leases", "release", "--dead", "--dry-run", home=tmp_path)
+    assert res.returncode == 0 and "would free 5 samples in ingested (shard 0) leased by fetch@" in res.stdout, res.stdout
+    assert "would free 5 samples in all" in res.stdout
+    res = run_cli("leases", "release", "--dead", home=tmp_path)
+    assert res.returncode == 0 and "freed 5 samples in ingested (shard 0)" in res.stdout and "(owner is dead)" in res.stdout
+    res = run_cli("leases", "list", "--json", home=tmp_path)
+    assert [(h["owner"], h["samples"]) for h in json.loads(res.stdout)] == [(live, 3)]
+    assert "nothing to free" in run_cli("leases", "release", "--dead", home=tmp_path).stdout
+    assert_one_error_line(run_cli("leases", "release", home=tmp_path), "--dead", "--owner")
+    res = run_cli("leases", "release", "--owner", live, home=tmp_path)
+    assert res.returncode == 0 and "freed 3 samples" in res.stdout and "released by request" in res.stdout
+    assert "no samples are leased" in run_cli("leases", "list", home=tmp_path).stdout

@@ -9,7 +9,10 @@ from typing import Any, Mapping
 
 
 def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"[:128]
+    """This process as "host:pid", or "NAME@host:pid" when TAISU_WORKER_NAME names the worker (e.g. gpu)."""
+    where = f"{socket.gethostname()}:{os.getpid()}"
+    name = os.environ.get("TAISU_WORKER_NAME", "").strip()
+    return (f"{name}@{where}" if name else where)[:128]
 
 
 @dataclass(frozen=True)

@@ -9,19 +9,21 @@ UPDATE and the event INSERT together), which is what keeps the ledger off the cr
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from taisu_etl.db.context import RunContext
-from taisu_etl.db.engine import check_connection, describe_db_error, make_engine
+from taisu_etl.db.engine import check_connection, describe_db_error, is_connection_lost, make_engine
 from taisu_etl.db.overlap import BackgroundWriter
 from taisu_etl.db.schema import ingest_issue, sample, sample_event, sample_state
 from taisu_etl.errors import LedgerError
@@ -36,6 +38,10 @@ WIDE_UPDATABLE = frozenset(
 STATE_UPDATABLE = frozenset({"attempts", "next_attempt_at"})
 UPDATABLE = WIDE_UPDATABLE | STATE_UPDATABLE
 _SQLITE_CHUNK = 500  # stays far below SQLite's bound-parameter limit
+_RETRY_FIRST_S, _RETRY_MAX_S = 0.25, 5.0  # reconnect back-off: doubles from the first to the max
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,16 +104,26 @@ def _now() -> datetime:
 
 
 class Ledger:
-    """The sample ledger on one database. Thread-safe as far as its SQLAlchemy engine is."""
+    """The sample ledger on one database. Thread-safe as far as its SQLAlchemy engine is.
 
-    def __init__(self, engine: Engine, *, shards: int = 16, recipe_version: str | None = None) -> None:
+    On Postgres, a transaction that fails because the connection was lost (a server restart, a
+    dropped connection) is run again, whole, on a new connection, with back-off, for up to
+    `retry_seconds`; then it ends in one LedgerError. Re-running is safe: moves are guarded by
+    the source state and the lease owner, and inserts skip rows already there.
+    """
+
+    def __init__(self, engine: Engine, *, shards: int = 16, recipe_version: str | None = None, retry_seconds: float = 60) -> None:
         self.engine = engine
         self.shards = shards
         self.recipe_version = recipe_version
+        self.retry_seconds = retry_seconds
         self.is_postgres = engine.dialect.name == "postgresql"
 
     @classmethod
-    def open(cls, url: str, *, shards: int = 16, recipe_version: str | None = None, require_schema: bool = True) -> "Ledger":
+    def open(
+        cls, url: str, *, shards: int = 16, recipe_version: str | None = None, require_schema: bool = True,
+        retry_seconds: float = 60,
+    ) -> "Ledger":
         """Connect and check the schema is current; every failure is a one-line LedgerError."""
         from taisu_etl.db.migrate import current_revision, head_revision
 
@@ -119,7 +135,7 @@ class Ledger:
                 safe = engine.url.render_as_string(hide_password=True)
                 state = "has no schema" if have is None else f"is at schema revision {have}, this version needs {want}"
                 raise LedgerError(f"the ledger at {safe} {state}: run `taisu-etl db upgrade`")
-        return cls(engine, shards=shards, recipe_version=recipe_version)
+        return cls(engine, shards=shards, recipe_version=recipe_version, retry_seconds=retry_seconds)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -206,45 +222,46 @@ class Ledger:
         params = {f"c_{c}": [r.get(c) for r in recs] for c in cols}
         params["c_shard"] = [r["shard"] for r in recs]
         params.update(ev, state=state.value, reason=reason, stage=Stage.INGEST.value)
-        with self._begin() as conn:
-            return conn.execute(sql, params).rowcount
+        return self.transaction(lambda conn: conn.execute(sql, params).rowcount)
 
     def _sqlite_add(self, recs: list[dict[str, Any]], ev: dict[str, Any], state: State, reason: str) -> int:
+        return self.transaction(lambda conn: self._sqlite_add_in(conn, recs, ev, state, reason))
+
+    def _sqlite_add_in(self, conn: Connection, recs: list[dict[str, Any]], ev: dict[str, Any], state: State, reason: str) -> int:
         inserted = 0
-        with self._begin() as conn:
-            for chunk in _chunks(recs, _SQLITE_CHUNK):
-                existing = set(
-                    conn.execute(sa.select(sample.c.pair_hash).where(sample.c.pair_hash.in_([r["pair_hash"] for r in chunk]))).scalars()
+        for chunk in _chunks(recs, _SQLITE_CHUNK):
+            existing = set(
+                conn.execute(sa.select(sample.c.pair_hash).where(sample.c.pair_hash.in_([r["pair_hash"] for r in chunk]))).scalars()
+            )
+            new = [r for r in chunk if r["pair_hash"] not in existing]
+            # Rows differ in which optional columns they set; insert each shape separately.
+            by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+            for r in new:
+                by_shape[tuple(sorted(r))].append(r)
+            for shape_rows in by_shape.values():
+                ids = conn.execute(
+                    sa.insert(sample).returning(sample.c.id, sort_by_parameter_order=True),
+                    [{k: v for k, v in r.items() if k != "shard"} for r in shape_rows],
+                ).scalars().all()
+                conn.execute(
+                    sa.insert(sample_state),
+                    [{"sample_id": i, "shard": r["shard"], "state": state.value, "last_reason": reason} for i, r in zip(ids, shape_rows)],
                 )
-                new = [r for r in chunk if r["pair_hash"] not in existing]
-                # Rows differ in which optional columns they set; insert each shape separately.
-                by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-                for r in new:
-                    by_shape[tuple(sorted(r))].append(r)
-                for shape_rows in by_shape.values():
-                    ids = conn.execute(
-                        sa.insert(sample).returning(sample.c.id, sort_by_parameter_order=True),
-                        [{k: v for k, v in r.items() if k != "shard"} for r in shape_rows],
-                    ).scalars().all()
-                    conn.execute(
-                        sa.insert(sample_state),
-                        [{"sample_id": i, "shard": r["shard"], "state": state.value, "last_reason": reason} for i, r in zip(ids, shape_rows)],
-                    )
-                    conn.execute(
-                        sa.insert(sample_event),
-                        [
-                            dict(ev, sample_id=i, stage=Stage.INGEST.value, from_state=None, to_state=state.value,
-                                 reason=reason, details=None)
-                            for i, r in zip(ids, shape_rows)
-                        ],
-                    )
-                    inserted += len(ids)
+                conn.execute(
+                    sa.insert(sample_event),
+                    [
+                        dict(ev, sample_id=i, stage=Stage.INGEST.value, from_state=None, to_state=state.value,
+                             reason=reason, details=None)
+                        for i, r in zip(ids, shape_rows)
+                    ],
+                )
+                inserted += len(ids)
         return inserted
 
     # ------------------------------------------------------------------ claim
     def claim(
         self, *, state: State, owner: str, shard: int | None = None, limit: int = 1000,
-        lease_seconds: int = 900, columns: Sequence[str] = ("id", "url", "caption"),
+        lease_seconds: int = 120, columns: Sequence[str] = ("id", "url", "caption"),
     ) -> list[dict[str, Any]]:
         """Lease up to `limit` samples in `state` (of `shard`, if given) to `owner`.
 
@@ -268,19 +285,19 @@ class Ledger:
                 "WHERE st.sample_id = f.sample_id RETURNING st.*) "
                 f"SELECT {picked} FROM sample s JOIN c ON s.id = c.sample_id ORDER BY s.id"
             )
-            with self._begin() as conn:
-                rows = conn.execute(sql, {"state": state.value, "shard": shard, "owner": owner, "lease": lease_seconds, "limit": limit}).mappings().all()
-            return [dict(r) for r in rows]
-        now = _now()
+            params = {"state": state.value, "shard": shard, "owner": owner, "lease": lease_seconds, "limit": limit}
+            return self.transaction(lambda conn: [dict(r) for r in conn.execute(sql, params).mappings().all()])
         st = sample_state.c
-        cond = [
-            st.state == state.value,
-            sa.or_(st.lease_until.is_(None), st.lease_until < now),
-            sa.or_(st.next_attempt_at.is_(None), st.next_attempt_at <= now),
-        ]
-        if shard is not None:
-            cond.insert(0, st.shard == shard)
-        with self._begin() as conn:
+
+        def run(conn: Connection) -> list[dict[str, Any]]:
+            now = _now()
+            cond = [
+                st.state == state.value,
+                sa.or_(st.lease_until.is_(None), st.lease_until < now),
+                sa.or_(st.next_attempt_at.is_(None), st.next_attempt_at <= now),
+            ]
+            if shard is not None:
+                cond.insert(0, st.shard == shard)
             ids = list(conn.execute(sa.select(st.sample_id).where(*cond).order_by(st.sample_id).limit(limit)).scalars())
             rows: list[dict[str, Any]] = []
             for chunk in _chunks(ids, _SQLITE_CHUNK):
@@ -290,14 +307,55 @@ class Ledger:
                 picked = [sample.c[c] if c in wide else sample_state.c[c] for c in columns]
                 query = sa.select(*picked).join(sample_state, st.sample_id == sample.c.id).where(sample.c.id.in_(chunk)).order_by(sample.c.id)
                 rows.extend(dict(r) for r in conn.execute(query).mappings())
-        return rows
+            return rows
 
-    def release_claims(self, owner: str) -> int:
-        """Give back every lease `owner` still holds (a worker that stops early)."""
-        with self._begin() as conn:
-            return conn.execute(
-                sa.update(sample_state).where(sample_state.c.lease_owner == owner).values(lease_owner=None, lease_until=None)
-            ).rowcount
+        return self.transaction(run)
+
+    def renew_leases(self, owner: str, ids: Sequence[int], lease_seconds: int, *, retry: bool = True) -> int:
+        """Extend `owner`'s leases on `ids` to `lease_seconds` from now; returns how many it still held.
+
+        Samples being moved at that moment are skipped rather than waited for (their lease ends
+        with the move anyway), so a heartbeat never deadlocks with its own stage's writes.
+        """
+        if not ids:
+            return 0
+        if self.is_postgres:
+            sql = sa.text(
+                "UPDATE sample_state st SET lease_until = now() + make_interval(secs => :lease) "
+                "FROM (SELECT sample_id FROM sample_state WHERE sample_id = ANY(CAST(:ids AS bigint[])) "
+                "AND lease_owner = :owner FOR UPDATE SKIP LOCKED) f WHERE st.sample_id = f.sample_id"
+            )
+            params = {"ids": list(ids), "owner": owner, "lease": lease_seconds}
+            return self.transaction(lambda conn: conn.execute(sql, params).rowcount, retry=retry)
+        st = sample_state.c
+
+        def run(conn: Connection) -> int:
+            until = _now() + timedelta(seconds=lease_seconds)
+            return sum(
+                conn.execute(sa.update(sample_state).where(st.sample_id.in_(chunk), st.lease_owner == owner).values(lease_until=until)).rowcount
+                for chunk in _chunks(list(ids), _SQLITE_CHUNK)
+            )
+
+        return self.transaction(run, retry=retry)
+
+    def release_claims(self, owner: str, ids: Sequence[int] | None = None, *, retry: bool = True) -> int:
+        """Give back the leases `owner` still holds: on `ids`, or everywhere (a worker that stops early).
+
+        Without `ids` this looks at every sample (lease owners are not indexed): pass the ids when
+        they are known.
+        """
+        st = sample_state.c
+
+        def run(conn: Connection) -> int:
+            free = sa.update(sample_state).values(lease_owner=None, lease_until=None)
+            if ids is None:
+                return conn.execute(free.where(st.lease_owner == owner)).rowcount
+            return sum(
+                conn.execute(free.where(st.sample_id.in_(chunk), st.lease_owner == owner)).rowcount
+                for chunk in _chunks(list(ids), _SQLITE_CHUNK if not self.is_postgres else 10_000)
+            )
+
+        return self.transaction(run, retry=retry)
 
     def scan(
         self, *, state: State, shard: int | None = None, after_id: int = 0, limit: int = 5000,
@@ -323,20 +381,22 @@ class Ledger:
             .order_by(st.sample_id)
             .limit(limit)
         )
-        with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+        return self.read(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
 
     def caption_frequencies(self, hashes: Iterable[str]) -> dict[str, int]:
         """How many samples in the whole ledger share each caption hash (for over-frequent captions)."""
         wanted = sorted(set(hashes))
-        counts: dict[str, int] = {}
-        with self.engine.connect() as conn:
+
+        def run(conn: Connection) -> dict[str, int]:
+            counts: dict[str, int] = {}
             for chunk in _chunks(wanted, _SQLITE_CHUNK if not self.is_postgres else 10_000):
                 rows = conn.execute(
                     sa.select(sample.c.caption_hash, sa.func.count()).where(sample.c.caption_hash.in_(chunk)).group_by(sample.c.caption_hash)
                 )
                 counts.update({h: n for h, n in rows})
-        return counts
+            return counts
+
+        return self.read(run)
 
     def record_issues(self, issues: Iterable[tuple[str, str, str, str]], *, ctx: RunContext | None = None, batch_size: int = 5000) -> int:
         """Store bad source rows as (source, position, reason, detail); re-recording one is a no-op."""
@@ -346,8 +406,7 @@ class Ledger:
         batch: list[dict[str, Any]] = []
 
         def flush() -> int:
-            with self._begin() as conn:
-                return conn.execute(insert, batch).rowcount or 0
+            return self.transaction(lambda conn: conn.execute(insert, batch).rowcount or 0)
 
         for source, position, reason, detail in issues:
             check_reason(reason)
@@ -361,10 +420,9 @@ class Ledger:
 
     def issue_counts(self) -> list[tuple[str, str, int]]:
         """(source, reason, rows lost) for every source file with bad rows."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(ingest_issue.c.source, ingest_issue.c.reason, sa.func.count()).group_by(ingest_issue.c.source, ingest_issue.c.reason)
-            ).all()
+        rows = self.read(lambda conn: conn.execute(
+            sa.select(ingest_issue.c.source, ingest_issue.c.reason, sa.func.count()).group_by(ingest_issue.c.source, ingest_issue.c.reason)
+        ).all())
         return sorted((tuple(r) for r in rows), key=lambda t: (t[0], -t[2]))  # type: ignore[misc]
 
     # ------------------------------------------------------------------ move
@@ -431,16 +489,16 @@ class Ledger:
         )
         params: dict[str, Any] = {"ids": ids, "details": det, **{f"u_{c}": list(v) for c, v in upd.items()}}
         params.update(ev, to_state=to_state.value, from_state=from_state.value, reason=reason, stage=stage.value, owner=owner)
-        with self._begin() as conn:
-            return int(conn.execute(sql, params).scalar_one())
+        return self.transaction(lambda conn: int(conn.execute(sql, params).scalar_one()))
 
     def _sqlite_move(self, ids, det, upd, from_state, to_state, stage, reason, owner, ev) -> int:  # type: ignore[no-untyped-def]
         pos = {i: k for k, i in enumerate(ids)}
         st = sample_state.c
         narrow = [c for c in upd if c in STATE_UPDATABLE]
         wide = [c for c in upd if c not in STATE_UPDATABLE]
-        moved = 0
-        with self._begin() as conn:
+
+        def run(conn: Connection) -> int:
+            moved = 0
             for chunk in _chunks(ids, _SQLITE_CHUNK):
                 cond = [st.sample_id.in_(chunk), st.state == from_state.value]
                 if owner is not None:
@@ -474,7 +532,9 @@ class Ledger:
                     ],
                 )
                 moved += len(eligible)
-        return moved
+            return moved
+
+        return self.transaction(run)
 
     def apply(
         self, outcomes: Sequence[Outcome], *, from_state: State, stage: Stage, owner: str | None = None,
@@ -499,16 +559,14 @@ class Ledger:
     # ------------------------------------------------------------------ read
     def funnel(self) -> dict[str, int]:
         """Samples per state."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(sample_state.c.state, sa.func.count()).group_by(sample_state.c.state)).all()
+        rows = self.read(lambda conn: conn.execute(sa.select(sample_state.c.state, sa.func.count()).group_by(sample_state.c.state)).all())
         return {s: n for s, n in rows}
 
     def reason_counts(self) -> list[tuple[str, str | None, int]]:
         """(state, last reason, samples), largest first: why the samples are where they are."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(sample_state.c.state, sample_state.c.last_reason, sa.func.count()).group_by(sample_state.c.state, sample_state.c.last_reason)
-            ).all()
+        rows = self.read(lambda conn: conn.execute(
+            sa.select(sample_state.c.state, sample_state.c.last_reason, sa.func.count()).group_by(sample_state.c.state, sample_state.c.last_reason)
+        ).all())
         return sorted(((s, r, n) for s, r, n in rows), key=lambda t: (-t[2], t[0], t[1] or ""))
 
     def iter_captions(self, *, generated: bool = True, batch_size: int = 5000) -> Iterator[str]:
@@ -527,37 +585,63 @@ class Ledger:
 
     def events(self, sample_id: int) -> list[dict[str, Any]]:
         """The lineage of one sample, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(sample_event).where(sample_event.c.sample_id == sample_id).order_by(sample_event.c.id)).mappings()
-            return [dict(r) for r in rows]
+        query = sa.select(sample_event).where(sample_event.c.sample_id == sample_id).order_by(sample_event.c.id)
+        return self.read(lambda conn: [dict(r) for r in conn.execute(query).mappings()])
 
     def shards_with(self, state: State) -> list[int]:
         """Shards that hold at least one sample in `state` (what a mapped stage task should cover)."""
-        with self.engine.connect() as conn:
-            st = sample_state.c
-            return list(conn.execute(sa.select(st.shard).where(st.state == state.value).distinct().order_by(st.shard)).scalars())
+        st = sample_state.c
+        query = sa.select(st.shard).where(st.state == state.value).distinct().order_by(st.shard)
+        return self.read(lambda conn: list(conn.execute(query).scalars()))
 
     # ------------------------------------------------------------------ plumbing
-    def _begin(self):  # type: ignore[no-untyped-def]
-        return _translated(self.engine)
+    def transaction(self, fn: Callable[[Connection], T], *, retry: bool = True) -> T:
+        """Run `fn(conn)` in one transaction and commit; while the connection is lost, run it again.
 
+        The whole function is re-run on a new connection (the error usually comes from an execute
+        or the commit, not from BEGIN), so `fn` must be safe to run twice: guarded moves and
+        conflict-skipping inserts are. `retry=False` gives up at the first lost connection.
+        """
+        return self._retrying(fn, write=True, retry=retry)
 
-class _translated:
-    """`engine.begin()` whose connection errors become LedgerError lines."""
+    def read(self, fn: Callable[[Connection], T], *, retry: bool = True) -> T:
+        """Run `fn(conn)` on a connection without a write transaction (no write lock on SQLite); retried like `transaction`."""
+        return self._retrying(fn, write=False, retry=retry)
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.cm = engine.begin()
+    def _retrying(self, fn: Callable[[Connection], T], *, write: bool, retry: bool) -> T:
+        deadline: float | None = None
+        delay = _RETRY_FIRST_S
+        while True:
+            started = False
+            try:
+                with (self.engine.begin() if write else self.engine.connect()) as conn:
+                    started = True
+                    result = fn(conn)
+                if deadline is not None:
+                    log.warning("ledger %s reachable again", self._safe_url())
+                return result
+            except DBAPIError as exc:
+                # SQLite has no connection to lose: its errors (a lock timeout) are never retried.
+                lost = self.is_postgres and is_connection_lost(exc)
+                if not (retry and lost):
+                    if lost or (not started and isinstance(exc, OperationalError)):
+                        raise LedgerError(f"lost the ledger at {self._safe_url()}: {describe_db_error(exc)}") from None
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.retry_seconds
+                    log.warning("lost the ledger at %s (%s); reconnecting for up to %g s", self._safe_url(), describe_db_error(exc),
+                                self.retry_seconds)
+                if now >= deadline:
+                    raise LedgerError(
+                        f"lost the ledger at {self._safe_url()} and could not reconnect within {self.retry_seconds:g} s "
+                        f"(pipeline.db_retry_seconds): {describe_db_error(exc)}; check that the database server is running"
+                    ) from None
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 2, _RETRY_MAX_S)
 
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        try:
-            return self.cm.__enter__()
-        except OperationalError as exc:
-            safe = self.engine.url.render_as_string(hide_password=True)
-            raise LedgerError(f"lost the ledger at {safe}: {describe_db_error(exc)}") from None
-
-    def __exit__(self, *exc_info):  # type: ignore[no-untyped-def]
-        return self.cm.__exit__(*exc_info)
+    def _safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
 
 
 def _pg_type(column: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from taisu_etl.db.context import RunContext
+from taisu_etl.db.leases import LeaseConflict, StageLease
 from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.stages.image_batches import ImageBatches
 from taisu_etl.stages.model_config import CaptionConfig, ScoreConfig
@@ -81,29 +81,40 @@ def decoding_settings(config: CaptionConfig) -> dict[str, Any]:
 def caption_shard(
     ledger: Ledger, store: ObjectStore, config: CaptionConfig, score_config: ScoreConfig, text_filter: TextFilter, *,
     shard: int | None = None, ctx: RunContext | None = None, generator: "CaptionGenerator | None" = None,
-    scorer: "ClipScorer | None" = None, lease_seconds: int = 3600, progress: Callable[[str], None] | None = None,
+    scorer: "ClipScorer | None" = None, lease_seconds: int = 120, claim_wait_seconds: float | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> CaptionReport:
-    """Caption every `accepted` sample of `shard` (every shard, one by one, when None)."""
+    """Caption every `accepted` sample of `shard` (every shard, one by one, when None).
+
+    Samples another process holds are waited for (up to `claim_wait_seconds`, default
+    lease_seconds + 30) or taken from an owner that is provably dead; see `StageLease`.
+    """
     from taisu_etl.models import CaptionGenerator, ClipScorer
 
     generator = generator or CaptionGenerator.load(config.model.spec(), device=config.device, store=store)
     scorer = scorer or ClipScorer.load(score_config.model.spec(), device=config.device, store=store)
     if shard is None:
         total = CaptionReport(shard=None, model_id=generator.model_id)
+        held: list[LeaseConflict] = []  # a shard someone else holds must not keep the others from being done
         for one in ledger.shards_with(State.ACCEPTED):
-            total.merge(caption_shard(ledger, store, config, score_config, text_filter, shard=one, ctx=ctx,
-                                      generator=generator, scorer=scorer, lease_seconds=lease_seconds, progress=progress))
+            try:
+                total.merge(caption_shard(ledger, store, config, score_config, text_filter, shard=one, ctx=ctx,
+                                          generator=generator, scorer=scorer, lease_seconds=lease_seconds,
+                                          claim_wait_seconds=claim_wait_seconds, progress=progress))
+            except LeaseConflict as conflict:
+                held.append(conflict)
+        if held:
+            raise LeaseConflict.combine(held)
         return total
     report = CaptionReport(shard=shard, model_id=generator.model_id)
     started = time.perf_counter()
-    owner = f"caption:{(ctx.worker if ctx else 'cli')}:{uuid.uuid4().hex[:8]}"
     say = progress or log.info
-    with ImageBatches(store, [generator.preprocess, scorer.preprocess], batch_size=config.batch_size,
-                      workers=config.workers, draft=max(generator.image_size, scorer.image_size)) as batches:
-        while rows := ledger.claim(state=State.ACCEPTED, owner=owner, shard=shard, limit=_CHUNK,
-                                   lease_seconds=lease_seconds, columns=_COLUMNS):
+    with StageLease(ledger, stage=Stage.CAPTION, shard=shard, lease_seconds=lease_seconds, claim_wait_seconds=claim_wait_seconds) as lease, \
+            ImageBatches(store, [generator.preprocess, scorer.preprocess], batch_size=config.batch_size,
+                         workers=config.workers, draft=max(generator.image_size, scorer.image_size)) as batches:
+        while rows := lease.claim(State.ACCEPTED, limit=_CHUNK, columns=_COLUMNS):
             outcomes = _caption_chunk(config, generator, scorer, text_filter, batches, rows, report)
-            report.reasons.update(ledger.apply(outcomes, from_state=State.ACCEPTED, stage=Stage.CAPTION, owner=owner, ctx=ctx))
+            report.reasons.update(lease.apply(outcomes, from_state=State.ACCEPTED, ctx=ctx))
             report.seen += len(rows)
             say(f"caption shard {shard}: {report.seen:,} images, {report.reasons.get('ok', 0):,} captioned")
     report.seconds = time.perf_counter() - started

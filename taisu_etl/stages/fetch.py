@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.domains import load_host_states, save_host_states
 from taisu_etl.db.image_index import add_bands, blocklist_values
+from taisu_etl.db.leases import LeaseConflict, StageLease
 from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.fetch import Fetcher, FetchResult
 from taisu_etl.fetch.settings import FetchSettings
@@ -105,18 +106,18 @@ def _add_bands(ledger: Ledger, rows: list[tuple[int, list[str]]]) -> None:
             bands.append(i)
             values.append(v)
     if ids:
-        with ledger.engine.begin() as conn:
-            conn.execute(_PG_ADD_BANDS, {"ids": ids, "bands": bands, "vals": values})
+        params = {"ids": ids, "bands": bands, "vals": values}
+        ledger.transaction(lambda conn: conn.execute(_PG_ADD_BANDS, params))  # re-run on a lost connection: a no-op for rows already in
 
 
 def _write_batch(ledger: Ledger, bands: list[tuple[int, list[str]]], due: dict[State, list[Outcome]], *,
-                 owner: str, ctx: RunContext | None) -> None:
+                 lease: StageLease, ctx: RunContext | None) -> None:
     """One batch of the stage's ledger writes, in one worker thread: bands first, then the moves
     (a sample becomes a duplicate-detection candidate only once it is `fetched`)."""
     if bands:
         _add_bands(ledger, bands)
     for state, outcomes in due.items():
-        ledger.apply(outcomes, from_state=state, stage=Stage.FETCH, owner=owner, ctx=ctx)
+        lease.apply(outcomes, from_state=state, ctx=ctx)
 
 
 def _failure(row: dict[str, Any], res: FetchResult, settings: FetchSettings, now: datetime) -> Outcome:
@@ -140,9 +141,9 @@ class _ShardFetch:
     """One shard's fetch run: claimer -> workers -> batched ledger writes."""
 
     def __init__(self, ledger: Ledger, store: ObjectStore, settings: FetchSettings, image: ImageConfig, *,
-                 shard: int | None, owner: str, ctx: RunContext | None, lease_seconds: int, decode_workers: int | None) -> None:
+                 shard: int | None, lease: StageLease, ctx: RunContext | None, decode_workers: int | None) -> None:
         self.ledger, self.store, self.settings, self.image = ledger, store, settings, image
-        self.shard, self.owner, self.ctx, self.lease_seconds = shard, owner, ctx, lease_seconds
+        self.shard, self.lease, self.ctx = shard, lease, ctx
         self.decode_workers = decode_workers
         self.report = FetchReport(shard=shard)
         self.pending: dict[State, list[Outcome]] = {State.TEXT_OK: [], State.FETCH_RETRY: []}
@@ -179,14 +180,17 @@ class _ShardFetch:
         return self.report
 
     async def _claim_into(self, queue: asyncio.Queue[tuple[State, dict[str, Any]] | None]) -> None:
+        held: list[LeaseConflict] = []  # samples someone else holds in one state must not keep the other's from being done
         for state in (State.TEXT_OK, State.FETCH_RETRY):
-            while rows := await asyncio.to_thread(
-                self.ledger.claim, state=state, owner=self.owner, shard=self.shard, limit=self.settings.batch_size,
-                lease_seconds=self.lease_seconds, columns=_COLUMNS,
-            ):
-                self.report.claimed += len(rows)
-                for row in rows:
-                    await queue.put((state, row))
+            try:
+                while rows := await asyncio.to_thread(self.lease.claim, state, limit=self.settings.batch_size, columns=_COLUMNS):
+                    self.report.claimed += len(rows)
+                    for row in rows:
+                        await queue.put((state, row))
+            except LeaseConflict as conflict:
+                held.append(conflict)
+        if held:
+            raise LeaseConflict.combine(held)
 
     async def _worker(self, queue: asyncio.Queue[tuple[State, dict[str, Any]] | None]) -> None:
         while (item := await queue.get()) is not None:
@@ -249,16 +253,22 @@ class _ShardFetch:
                 self.pending[state] = []  # workers append to a fresh list while this batch is written
             bands, self.bands = self.bands, []
             if bands or due:
-                await asyncio.to_thread(_write_batch, self.ledger, bands, due, owner=self.owner, ctx=self.ctx)
+                await asyncio.to_thread(_write_batch, self.ledger, bands, due, lease=self.lease, ctx=self.ctx)
 
 
 def fetch_shard(
     ledger: Ledger, store: ObjectStore, settings: FetchSettings, image: ImageConfig, *, shard: int | None = None,
-    owner: str | None = None, ctx: RunContext | None = None, lease_seconds: int = 900, decode_workers: int | None = None,
+    owner: str | None = None, ctx: RunContext | None = None, lease_seconds: int = 120,
+    claim_wait_seconds: float | None = None, decode_workers: int | None = None,
 ) -> FetchReport:
-    """Fetch every due sample of `shard` (all shards when None); safe to re-run and to run twice at once."""
+    """Fetch every due sample of `shard` (all shards when None); safe to re-run and to run twice at once.
+
+    `owner`: the lease owner token (default: this process, see `taisu_etl.db.leases`). Samples
+    another process holds are waited for (up to `claim_wait_seconds`, default lease_seconds + 30)
+    or taken from an owner that is provably dead; samples not yet due for a retry are left alone.
+    """
     ctx = ctx or RunContext.from_airflow_env(recipe_version=ledger.recipe_version)
-    owner = owner or f"fetch:{ctx.worker}:{shard}"
-    run = _ShardFetch(ledger, store, settings, image, shard=shard, owner=owner, ctx=ctx, lease_seconds=lease_seconds,
-                      decode_workers=decode_workers)
-    return asyncio.run(run.run())
+    with StageLease(ledger, stage=Stage.FETCH, shard=shard, lease_seconds=lease_seconds,
+                    claim_wait_seconds=claim_wait_seconds, owner=owner) as lease:
+        run = _ShardFetch(ledger, store, settings, image, shard=shard, lease=lease, ctx=ctx, decode_workers=decode_workers)
+        return asyncio.run(run.run())

@@ -15,7 +15,6 @@ import io
 import logging
 import re
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from taisu_etl.db.context import RunContext
+from taisu_etl.db.leases import LeaseConflict, StageLease
 from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.stages.image_batches import ImageBatches
 from taisu_etl.stages.model_config import ScoreConfig
@@ -100,28 +100,39 @@ def decide(config: ScoreConfig, image_emb: np.ndarray, text_emb: np.ndarray) -> 
 
 def score_shard(
     ledger: Ledger, store: ObjectStore, config: ScoreConfig, *, shard: int | None = None, ctx: RunContext | None = None,
-    scorer: "ClipScorer | None" = None, lease_seconds: int = 3600, progress: Callable[[str], None] | None = None,
+    scorer: "ClipScorer | None" = None, lease_seconds: int = 120, claim_wait_seconds: float | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ScoreReport:
-    """Score and decide every `image_ok` sample of `shard` (every shard, one by one, when None)."""
+    """Score and decide every `image_ok` sample of `shard` (every shard, one by one, when None).
+
+    Samples another process holds are waited for (up to `claim_wait_seconds`, default
+    lease_seconds + 30) or taken from an owner that is provably dead; see `StageLease`.
+    """
     if scorer is None:
         from taisu_etl.models import ClipScorer
 
         scorer = ClipScorer.load(config.model.spec(), device=config.device, store=store)
     if shard is None:
         total = ScoreReport(shard=None, model_id=scorer.model_id)
+        held: list[LeaseConflict] = []  # a shard someone else holds must not keep the others from being done
         for one in ledger.shards_with(State.IMAGE_OK):
-            total.merge(score_shard(ledger, store, config, shard=one, ctx=ctx, scorer=scorer, lease_seconds=lease_seconds, progress=progress))
+            try:
+                total.merge(score_shard(ledger, store, config, shard=one, ctx=ctx, scorer=scorer, lease_seconds=lease_seconds,
+                                        claim_wait_seconds=claim_wait_seconds, progress=progress))
+            except LeaseConflict as conflict:
+                held.append(conflict)
+        if held:
+            raise LeaseConflict.combine(held)
         return total
     report = ScoreReport(shard=shard, model_id=scorer.model_id)
     started = time.perf_counter()
-    owner = f"score:{(ctx.worker if ctx else 'cli')}:{uuid.uuid4().hex[:8]}"
     say = progress or log.info
-    with ImageBatches(store, [scorer.preprocess], batch_size=config.batch_size, workers=config.workers,
-                      prefetch=config.prefetch_batches, draft=scorer.image_size) as batches:
-        while rows := ledger.claim(state=State.IMAGE_OK, owner=owner, shard=shard, limit=config.chunk_size,
-                                   lease_seconds=lease_seconds, columns=_COLUMNS):
+    with StageLease(ledger, stage=Stage.SCORE, shard=shard, lease_seconds=lease_seconds, claim_wait_seconds=claim_wait_seconds) as lease, \
+            ImageBatches(store, [scorer.preprocess], batch_size=config.batch_size, workers=config.workers,
+                         prefetch=config.prefetch_batches, draft=scorer.image_size) as batches:
+        while rows := lease.claim(State.IMAGE_OK, limit=config.chunk_size, columns=_COLUMNS):
             outcomes = _score_chunk(store, config, scorer, batches, rows, shard, report)
-            report.reasons.update(ledger.apply(outcomes, from_state=State.IMAGE_OK, stage=Stage.SCORE, owner=owner, ctx=ctx))
+            report.reasons.update(lease.apply(outcomes, from_state=State.IMAGE_OK, ctx=ctx))
             report.seen += len(rows)
             say(f"score shard {shard}: {report.seen:,} pairs, {report.kept:,} accepted")
     report.seconds = time.perf_counter() - started
