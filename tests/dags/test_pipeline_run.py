@@ -1,9 +1,13 @@
-"""A real Airflow run of the pipeline DAG on embedded defaults (dag.test, SQLite everywhere)."""
+"""A real Airflow run of the DAGs on embedded defaults (dag.test, SQLite everywhere): the pipeline,
+its asset event, the release with and without a name, a re-run that finds nothing new, and the
+maintenance DAG's dry run and sweep."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,30 @@ from taisu_etl.airflow_local import run_dag  # noqa: E402
 from taisu_etl.db.ledger import Ledger  # noqa: E402
 from taisu_etl.storage import LocalObjectStore  # noqa: E402
 from taisu_etl.demo import demo_web, write_demo_sources  # noqa: E402
+from taisu_etl.tasks import RELEASABLE_SAMPLES_URI  # noqa: E402
 from tests.sources.builders import jpeg, write_tar  # noqa: E402
+
+
+def _airflow_db(home: Path) -> sa.Engine:
+    return sa.create_engine(f"sqlite:///{home / 'airflow.db'}")
+
+
+def _asset_events(home: Path) -> list[dict]:
+    """The events Airflow recorded on the asset that starts taisu_release."""
+    with _airflow_db(home).connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT e.source_dag_id, e.source_task_id, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE a.uri = :uri ORDER BY e.id"), {"uri": RELEASABLE_SAMPLES_URI}).mappings().all()
+    return [{**r, "extra": json.loads(r["extra"]) if isinstance(r["extra"], str) else r["extra"]} for r in rows]
+
+
+def _task_states(home: Path, dag_id: str) -> dict[tuple[str, int], tuple[str, str | None]]:
+    """(task, map index) -> (state, label) of the latest run of `dag_id`."""
+    with _airflow_db(home).connect() as conn:
+        run_id = conn.execute(sa.text("SELECT run_id FROM dag_run WHERE dag_id = :d ORDER BY id DESC LIMIT 1"), {"d": dag_id}).scalar_one()
+        rows = conn.execute(sa.text("SELECT task_id, map_index, state, rendered_map_index FROM task_instance "
+                                    "WHERE dag_id = :d AND run_id = :r"), {"d": dag_id, "r": run_id}).all()
+    return {(t, m): (state, label) for t, m, state, label in rows}
 
 
 @pytest.mark.airflow
@@ -59,6 +86,16 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
     assert LocalObjectStore(tmp_path / "var" / "objects").exists(stored.object_key)
     assert (stored.gen_caption, stored.gen_caption_model, stored.width) == ("草地上的一只猫", "taisu-release", 256)
 
+    # Mapped tasks carry their shard's (or file's) name; the run announced its new samples once.
+    home = tmp_path / "airflow"
+    states = _task_states(home, "taisu_pipeline")
+    assert {states[("text_filter", i)][1] for i in range(4)} == {f"shard {i}" for i in range(4)}
+    assert {label for (task, _), (_, label) in states.items() if task == "ingest"} == {"file synthetic_web.csv", "file noisy_captions.csv"}
+    assert states[("announce_new_samples", -1)][0] == "success"
+    events = _asset_events(home)
+    assert len(events) == 1 and events[0]["source_dag_id"] == "taisu_pipeline"
+    assert events[0]["extra"]["accepted"] == events[0]["extra"]["captioned"] == funnel["captioned"]
+
     # The release DAG publishes what the pipeline accepted; verify re-reads it against the ledger.
     run_dag("taisu_release", {"name": "t1", "tgz": True, "shard_size": 5}, tmp_path / "airflow", quiet=True)
     from taisu_etl.release import read_manifest, verify_release
@@ -69,6 +106,14 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
     assert verify_release(store, "t1", ledger=ledger).ok
     assert store.exists("releases/t1/README.md")
 
+    # With nothing filled in (as an asset-triggered run has it), the release is named after its run.
+    run_dag("taisu_release", {}, home, quiet=True)
+    with ledger.engine.connect() as conn:
+        named = conn.execute(sa.text("SELECT name FROM release ORDER BY id DESC LIMIT 1")).scalar_one()
+    assert re.fullmatch(r"taisu-\d{8}-\d{6}", named)
+    manifest = read_manifest(store, named)
+    assert manifest is not None and manifest["counts"]["samples"] == funnel["captioned"] and manifest["recipe"]["parent"] == "t1"
+
     # A second run of the same sources finds nothing new: the empty stages are skipped, and the
     # funnel still runs (it does not inherit the skips).
     before = ledger.funnel()
@@ -76,4 +121,24 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
     run_dag("taisu_pipeline", {"sources": conf["sources"]}, tmp_path / "airflow", quiet=True, log_path=rerun_log)
     assert ledger.funnel() == before
     assert re.search(r"end task task_id=funnel ", rerun_log.read_text(encoding="utf-8"))
+    # Nothing became releasable: the announcing task is skipped, and Airflow records no event.
+    assert _task_states(home, "taisu_pipeline")[("announce_new_samples", -1)][0] == "skipped"
+    assert len(_asset_events(home)) == 1
+
+    # Maintenance: an image no sample names, written 7 hours ago (a fetch that died before its
+    # ledger write), is listed by a dry run and deleted by the scheduled (default) run; a fresh one
+    # is within the grace period; everything the ledger or a release uses stays.
+    old = store.put_image(jpeg(77, 64)).key
+    stale = time.time() - 7 * 3600
+    os.utime(tmp_path / "var" / "objects" / old, (stale, stale))
+    fresh = store.put_image(jpeg(78, 64)).key
+    run_dag("taisu_maintenance", {"dry_run": True}, home, quiet=True)
+    assert store.exists(old) and store.exists(fresh)
+    run_dag("taisu_maintenance", {}, home, quiet=True)
+    assert not store.exists(old) and store.exists(fresh)
+    assert _task_states(home, "taisu_maintenance")[("remove_orphan_images", -1)][0] == "success"
+    with ledger.engine.connect() as conn:
+        keys = [k for (k,) in conn.execute(sa.text("SELECT object_key FROM sample WHERE object_key IS NOT NULL"))]
+    assert keys and all(store.exists(k) for k in keys)
+    assert verify_release(store, "t1", ledger=ledger).ok and verify_release(store, named, ledger=ledger).ok
     ledger.dispose()
