@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install bench-ledger ddl compose-check clean
+.PHONY: demo test install airflow airflow-down airflow-status bench-ledger ddl compose-check clean
 
 install: $(STAMP)
 
@@ -29,6 +29,19 @@ demo: install
 test: install
 	$(PY) tests/preflight.py
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+# Airflow 3 for this checkout, with its UI on http://127.0.0.1:8080 (`taisu-etl airflow up --help`):
+# `make airflow` (SQLite + LocalExecutor, nothing to install), `make airflow AIRFLOW_ARGS=--production`
+# (Postgres + Celery on Redis, workers for the default and gpu queues), `AIRFLOW_ARGS="--port 8081"`.
+AIRFLOW_ARGS ?=
+airflow: install
+	$(VENV)/bin/taisu-etl airflow up $(AIRFLOW_ARGS)
+
+airflow-down:
+	$(VENV)/bin/taisu-etl airflow down
+
+airflow-status:
+	$(VENV)/bin/taisu-etl airflow status
 
 bench-ledger: install
 	$(PY) bench/ledger.py

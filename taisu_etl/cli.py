@@ -36,6 +36,7 @@ def _show_progress() -> None:
 
 def _mount_subcommands() -> None:
     # Their modules import no torch at import time, so `taisu-etl --help` stays fast.
+    from taisu_etl.deploy.cli import airflow_app
     from taisu_etl.leases_cli import leases_app
     from taisu_etl.models.cli import models_app, tokenizer_app
     from taisu_etl.release.cli import release_app
@@ -44,6 +45,7 @@ def _mount_subcommands() -> None:
     app.add_typer(models_app, name="models")
     app.add_typer(release_app, name="release")
     app.add_typer(leases_app, name="leases")
+    app.add_typer(airflow_app, name="airflow")
 
 
 _mount_subcommands()
