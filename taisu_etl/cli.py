@@ -265,6 +265,27 @@ def storage_check(recipe: RecipeOpt = None) -> None:
     typer.echo(f"object store {store.describe()}: ok")
 
 
+@storage_app.command("orphans")
+def storage_orphans(
+    recipe: RecipeOpt = None,
+    delete: Annotated[bool, typer.Option("--delete", help="delete them (every version); without it, only list")] = False,
+    min_age_hours: Annotated[float, typer.Option(min=0.0, help="grace period: younger images are never touched (a fetch stores an image before its ledger row lands)")] = 6.0,
+) -> None:
+    """Images under images/ that no sample names (what the taisu_maintenance DAG removes daily)."""
+    from datetime import timedelta
+
+    from taisu_etl.maintenance import remove_orphan_objects
+    from taisu_etl.services import open_ledger, open_store
+
+    _show_progress()
+    settings = _settings(recipe)
+    report = remove_orphan_objects(open_ledger(settings), open_store(settings), min_age=timedelta(hours=min_age_hours),
+                                   dry_run=not delete, progress=typer.echo)
+    for key in report.keys:
+        typer.echo(f"  {key}")
+    typer.echo(report.summary())
+
+
 @storage_app.command("init")
 def storage_init(recipe: RecipeOpt = None) -> None:
     """Create the bucket (versioned, so takedowns can prove every version is gone) if missing."""

@@ -161,3 +161,35 @@ def test_content_addressed_keys_are_looked_up_by_their_digest() -> None:
     digest = hashlib.sha256(_image(1)).hexdigest()
     match = maintenance._IMAGE_KEY.fullmatch(image_key(digest, "png"))
     assert match is not None and match.group(1) == digest
+
+
+def test_storage_orphans_command_lists_then_deletes(tmp_path: Path) -> None:
+    # What a user runs: `taisu-etl storage orphans` lists, `--delete` removes, on embedded defaults.
+    import os
+    import subprocess
+    import sys
+
+    from taisu_etl.db.migrate import upgrade
+
+    home = tmp_path / "var"
+    ledger = Ledger.open(f"sqlite:///{home / 'ledger.db'}", require_schema=False)
+    upgrade(ledger.engine)
+    store = LocalObjectStore(home / "objects")
+    kept, orphan = store.put_image(_image(1)), store.put_image(_image(2))
+    _record(ledger, 1, kept.key, kept.sha256)
+    ledger.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAISU_")} | {"TAISU_HOME": str(home)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "taisu_etl.cli", "storage", "orphans", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    listed = cli("--min-age-hours", "0")
+    assert listed.returncode == 0, listed.stderr
+    assert f"  {orphan.key}" in listed.stdout and kept.key not in listed.stdout and "would remove 1 " in listed.stdout
+    assert store.exists(orphan.key)
+    young = cli("--delete")  # both images are seconds old: the 6 h grace period spares them
+    assert young.returncode == 0 and "removed 0 " in young.stdout and store.exists(orphan.key)
+    deleted = cli("--delete", "--min-age-hours", "0")
+    assert deleted.returncode == 0 and "removed 1 " in deleted.stdout, deleted.stdout + deleted.stderr
+    assert not store.exists(orphan.key) and store.exists(kept.key)
