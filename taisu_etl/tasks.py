@@ -334,7 +334,7 @@ def _published_by_this_run(ledger: Ledger, store: ObjectStore, name: str, option
     return {
         "name": name, "release_id": row["id"] if row else None, "samples": counts.get("samples", 0),
         "shards": counts.get("shards", 0), "added": counts.get("added", 0), "removed": counts.get("removed", 0),
-        "parent": recorded.get("parent"), "files": len(files), "bytes": sum(int(f.get("size", 0)) for f in files),
+        "parent": recorded.get("parent"), "files": len(files), "bytes": sum(int(f.get("bytes", 0)) for f in files),
         "manifest_key": manifest_key, "card_key": layout.key(name, layout.README), "store": store.describe(),
         "already_published": True,
     }

@@ -6,13 +6,13 @@
 - `metadata`: Airflow's own database (created, migrated);
 - `broker`: the Redis broker and the Celery workers' answers;
 - `api`: a small client of Airflow's REST API (`/api/v2`, JWT from `/auth/token`);
-- `deployment`: `up`, `down`, `status`, built from the above;
+- `deployment`: `up`, `down`, `status` and `restart_worker`, built from the above;
 - `cli`: the thin typer sub-app.
 
 Nothing here imports Airflow: it runs Airflow's own commands from the same virtual environment.
 """
 
-from taisu_etl.deploy.deployment import DeployError, Deployment, DeploymentStatus, down, status, up
+from taisu_etl.deploy.deployment import DeployError, Deployment, DeploymentStatus, down, restart_worker, status, up
 from taisu_etl.deploy.settings import DeploySettings, airflow_settings, process_environment
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "airflow_settings",
     "down",
     "process_environment",
+    "restart_worker",
     "status",
     "up",
 ]

@@ -8,6 +8,9 @@ records each by pid and start time under `<airflow home>/run/`, creates the `fet
 healthy with heartbeats from this start and both workers answer a ping. If any of that fails it
 stops everything it started and says which process failed, with the end of its log.
 
+`restart_worker` starts a production deployment's Celery worker again after it died (its machine,
+a kill), the way `up` started it, in place of its record.
+
 `down` stops exactly the recorded processes (and whatever they started) and removes the records;
 a record whose process is gone (or whose pid now belongs to another process) counts as dead and
 is removed, never trusted. Both hold a lock on the home, so two `up`s cannot race.
@@ -389,6 +392,46 @@ def _start(settings: DeploySettings, airflow: Path, env: Mapping[str, str] | Non
     deployment.ready_seconds = round(time.time() - started, 1)
     _record_path(settings.home).write_text(deployment._to_json())
     return deployment
+
+
+def restart_worker(settings: DeploySettings, queue: str, *, env: Mapping[str, str] | None = None,
+                   timeout: float | None = None) -> ProcessRecord:
+    """Start the production deployment's Celery worker for `queue` again, after it died (its machine, a kill).
+
+    The new worker runs the command `up` ran, with the environment `up` built from `env` (give the
+    same `env` as to `up`), logs to the same file, and its record replaces the dead one, so `down`
+    stops it. Whatever the dead worker's process group left behind is stopped first. Refuses when
+    that worker still runs; returns once it answers a ping through the broker (at most `timeout`
+    seconds, default `settings.ready_timeout`), else stops it and raises DeployError.
+    """
+    from taisu_etl.deploy.broker import ping_workers
+
+    name = f"worker-{queue}"
+    with _locked(settings.home):
+        deployment = load(settings.home)
+        if deployment is None or deployment.mode != "production" or queue not in deployment.worker_names:
+            raise DeployError(f"no production deployment with a {queue!r} worker is recorded in {settings.home}: "
+                              "run `taisu-etl airflow up --production`")
+        old = next((p for p in deployment.processes if p.name == name), None)
+        if old is not None and old.alive():
+            raise DeployError(f"the {name} process ({old.pid}) is running: nothing to restart")
+        if old is not None:
+            stop([old])  # only what its group left behind: the recorded process itself is gone
+        command, extra = next((c, e) for n, c, e in _commands(settings, airflow_command()) if n == name)
+        process_env = {**process_environment(settings, env), **extra}
+        record = spawn(name, command, env=process_env, cwd=Path.cwd(), log=settings.logs_dir / f"{name}.log")
+        PidRecords(settings.run_dir).save(record)
+    assert deployment.broker_url is not None
+    worker = deployment.worker_names[queue]
+    limit = settings.ready_timeout if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    while worker not in ping_workers(deployment.broker_url, deployment.broker_transport_options, [worker]):
+        if not record.alive() or time.monotonic() > deadline:
+            what = "exited" if not record.alive() else f"does not answer a ping after {limit:.0f} s"
+            stop([record], grace=10.0)
+            raise DeployError(_describe_failure(f"the restarted {name} {what}", record))
+        time.sleep(1.0)
+    return record
 
 
 def down(home: Path, *, grace: float = 30.0) -> tuple[Deployment | None, list[ProcessRecord]]:

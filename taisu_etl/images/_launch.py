@@ -18,6 +18,14 @@ the script), since the child could not find it otherwise.
 
 Nothing changes in isolation: every worker is still its own process with its own pipe, killed
 and replaced by the pool on a crash or a hang, and the fork server never decodes anything.
+
+Under a Celery worker the caller inherits a daemon flag it does not have: Celery's prefork pool
+processes are daemonic billiard processes, billiard makes each one the standard library's
+`current_process()` as well, and Airflow's task supervisor forks the task process from it, so
+the task believes it is a daemon and multiprocessing refuses to start any worker ("daemonic
+processes are not allowed to have children"); its authentication key is billiard's type, which
+the standard library's start-up data cannot pickle. `_allow_workers` puts both right before a
+pool starts (see there why that is safe).
 """
 
 from __future__ import annotations
@@ -98,6 +106,29 @@ else:  # pragma: no cover - Windows, or a CPython whose forkserver internals mov
     LeanForkServerProcess = None  # type: ignore[assignment,misc]
 
 
+def _allow_workers() -> None:
+    """Let this process start worker processes when it inherited a Celery pool process's identity.
+
+    multiprocessing refuses children to a daemonic process because it would leave them orphaned
+    when it is terminated. The flag only ever comes from a parent here: a Celery pool process
+    (see the module docstring) whose forked Airflow task runs this code is no multiprocessing
+    daemon of anyone. Its pools stop their workers themselves, and every worker is itself a
+    daemon of this process, ended at its exit; the change lives in this process's memory alone,
+    so the Celery pool process that forked it keeps its own flag.
+
+    billiard's authentication key refuses to be pickled unless billiard itself is starting a
+    process; the standard library's key type, with the same bytes, pickles while the standard
+    library starts one (and only then), which is all the fork server's start-up data needs.
+    """
+    current = multiprocessing.current_process()
+    config = current._config  # the `daemon` setter refuses a started process: its config holds the flag
+    if config.get("daemon"):
+        config["daemon"] = False
+    key = config.get("authkey")
+    if key is not None and type(key) is not multiprocessing.process.AuthenticationString:
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(key))
+
+
 def default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
@@ -122,6 +153,7 @@ def worker_context(start_method: str | None = None) -> BaseContext:
     Under Airflow's task runner the main script is the `airflow` command: a spawned child that
     re-imports it fails on the runner's blocked metadata connection, and the pool breaks.
     """
+    _allow_workers()
     method = start_method or default_start_method()
     ctx = multiprocessing.get_context(method)
     if method != "forkserver" or LeanForkServerProcess is None:
@@ -139,6 +171,7 @@ if LeanForkServerProcess is not None:
 def process_factory(start_method: str | None, *code: Any) -> tuple[BaseContext, Any]:
     """The multiprocessing context for `start_method` (default: forkserver where there is one)
     and the Process class to start workers with. `code`: the callables the worker must find."""
+    _allow_workers()
     method = start_method or default_start_method()
     ctx = multiprocessing.get_context(method)
     if method != "forkserver":
