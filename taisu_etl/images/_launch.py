@@ -129,6 +129,31 @@ def _allow_workers() -> None:
         config["authkey"] = multiprocessing.process.AuthenticationString(bytes(key))
 
 
+def _forget_inherited_fork_server() -> None:
+    """Drop the record of a fork server that is not this process's child, so the next pool starts its own.
+
+    A process forked after its parent started a fork server (a test runner, a Celery pool process,
+    Airflow's supervisor forking the task) inherits the parent's record of it; the standard
+    library then checks on the server with `waitpid`, which fails for a process that is not its
+    child (ChildProcessError). A server of our own that has exited is forgotten the same way.
+    """
+    server = getattr(forkserver, "_forkserver", None)
+    if server is None or getattr(server, "_forkserver_pid", None) is None:
+        return
+    with server._lock:
+        pid = server._forkserver_pid
+        if pid is None:
+            return
+        try:
+            gone = os.waitpid(pid, os.WNOHANG)[0] != 0
+        except ChildProcessError:
+            gone = True  # an ancestor's server
+        if gone:
+            if server._forkserver_alive_fd is not None:
+                os.close(server._forkserver_alive_fd)  # our copy of the descriptor: the ancestor keeps its own
+            server._forkserver_address = server._forkserver_alive_fd = server._forkserver_pid = None
+
+
 def default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
@@ -141,6 +166,7 @@ def start_fork_server() -> None:
     """
     if default_start_method() != "forkserver":
         return
+    _forget_inherited_fork_server()
     forkserver.set_forkserver_preload(list(PRELOAD))
     forkserver.ensure_running()
 
@@ -154,6 +180,7 @@ def worker_context(start_method: str | None = None) -> BaseContext:
     re-imports it fails on the runner's blocked metadata connection, and the pool breaks.
     """
     _allow_workers()
+    _forget_inherited_fork_server()
     method = start_method or default_start_method()
     ctx = multiprocessing.get_context(method)
     if method != "forkserver" or LeanForkServerProcess is None:
@@ -172,6 +199,7 @@ def process_factory(start_method: str | None, *code: Any) -> tuple[BaseContext, 
     """The multiprocessing context for `start_method` (default: forkserver where there is one)
     and the Process class to start workers with. `code`: the callables the worker must find."""
     _allow_workers()
+    _forget_inherited_fork_server()
     method = start_method or default_start_method()
     ctx = multiprocessing.get_context(method)
     if method != "forkserver":

@@ -59,6 +59,11 @@ def _fork_task_like_the_supervisor(image: bytes, report: str) -> tuple[bool, int
 
 
 def test_a_task_forked_from_a_celery_pool_process_starts_its_image_workers(tmp_path: Path) -> None:
+    # A fork server of this (test) process first: the task inherits the record of a server that is
+    # not its child, as any process forked after its parent started one does.
+    from taisu_etl.images._launch import start_fork_server
+
+    start_fork_server()
     report = tmp_path / "report.txt"
     pool = billiard.Pool(1)
     try:

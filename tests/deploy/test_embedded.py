@@ -2,6 +2,8 @@
 
 One deployment for the whole module (30-60 s to start on two cores); the `down` test stops it (the
 fixture stops it again whatever happened), and the last test makes an `up` fail on the same home.
+On it, the pipeline runs on the embedded defaults (SQLite ledger, local object store) under the
+LocalExecutor's task processes, as `make airflow` runs it for a user.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ import pytest
 
 pytest.importorskip("airflow", reason="apache-airflow is installed by `make test`")
 
+from taisu_etl.db.ledger import Ledger  # noqa: E402
+from taisu_etl.demo import demo_web, write_demo_sources  # noqa: E402
 from taisu_etl.deploy import DeployError, Deployment, DeploySettings, down, status, up  # noqa: E402
 from taisu_etl.deploy.api import AirflowApi, ApiError  # noqa: E402
 from taisu_etl.deploy.processes import PidRecords, process_tree, spawn, start_ticks  # noqa: E402
+from taisu_etl.synthweb import SyntheticWeb  # noqa: E402
+from tests.deploy.stack import airflow_log_tail  # noqa: E402
 from tests.deploy.support import (  # noqa: E402
     caller_environment,
     children_of,
@@ -45,11 +51,26 @@ def settings(home: Path) -> DeploySettings:
     return DeploySettings(home=home, port=free_port(), fetch_slots=3, parallelism=2, ready_timeout=300)
 
 
+PAIRS, SEED, SHARDS = 12, 7, 2
+
+
 @pytest.fixture(scope="module")
-def deployment(settings: DeploySettings, home: Path) -> Iterator[Deployment]:
+def web() -> Iterator[SyntheticWeb]:
+    with demo_web(pairs=PAIRS, seed=SEED) as served:
+        yield served
+
+
+def _pipeline_environment(home: Path, web: SyntheticWeb) -> dict[str, str]:
+    """Embedded defaults under `home.parent`, with the synthetic web allowlisted (as the demo does)."""
+    return caller_environment(home.parent, TAISU_FETCH__ALLOW_LOOPBACK=json.dumps([web.netloc]), TAISU_FETCH__PER_HOST_RATE="500",
+                              TAISU_FETCH__DEADLINE_S="4", TAISU_PIPELINE__SHARDS=str(SHARDS))
+
+
+@pytest.fixture(scope="module")
+def deployment(settings: DeploySettings, home: Path, web: SyntheticWeb) -> Iterator[Deployment]:
     lines: list[str] = []
     try:
-        started = up(settings, env=caller_environment(home.parent), echo=lines.append)
+        started = up(settings, env=_pipeline_environment(home, web), echo=lines.append)
         assert not started.already_running
         yield started
     finally:
@@ -91,6 +112,47 @@ def test_the_rest_api_shows_the_dags_unpaused_and_the_fetch_pool(deployment: Dep
     with pytest.raises(ApiError) as denied:
         AirflowApi(deployment.url, "admin", "not-the-password").dags()
     assert denied.value.status == 401
+
+
+def test_the_pipeline_runs_on_the_local_executor(deployment: Deployment, settings: DeploySettings, home: Path,
+                                                 web: SyntheticWeb) -> None:
+    # Every stage, score and caption included, in the LocalExecutor's task processes: their image
+    # workers must start there as they do under the CLI, dag.test() and a Celery worker.
+    sources = write_demo_sources(web, home.parent / "lists", pairs=PAIRS, seed=SEED)
+    api = deployment.api()
+    deadline = time.monotonic() + 180
+    while "taisu_pipeline" not in {d["dag_id"] for d in api.dags()}:
+        assert time.monotonic() < deadline, "the dag-processor did not register taisu_pipeline in time"
+        time.sleep(2)
+    run_id = api.trigger("taisu_pipeline", {"sources": [str(p) for p in sources]})["dag_run_id"]
+    run = api.wait_for_run("taisu_pipeline", run_id, timeout=600)
+    tis = api.task_instances("taisu_pipeline", run_id)
+    if run["state"] != "success":
+        logs = sorted((settings.logs_dir / "dag_id=taisu_pipeline").rglob("attempt=*.log"))
+        failed = "\n".join(f"--- {p.relative_to(settings.logs_dir)}\n{airflow_log_tail(p, 20)}" for p in logs[-4:])
+        pytest.fail(f"taisu_pipeline is {run['state']}: {[(t['task_id'], t['map_index'], t['state']) for t in tis]}\n{failed}")
+    assert {t["state"] for t in tis} == {"success"}, [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+    mapped = {(t["task_id"], t["rendered_map_index"]) for t in tis if t["map_index"] >= 0}
+    for stage in ("text_filter", "fetch", "dedup", "score", "caption"):
+        assert {label for task, label in mapped if task == stage} <= {f"shard {n}" for n in range(SHARDS)}
+        assert any(task == stage for task, _ in mapped), f"no {stage} task ran"
+
+    ledger = Ledger.open(f"sqlite:///{home.parent / 'ledger.db'}")
+    try:
+        funnel = ledger.funnel()
+        assert not {"ingested", "text_ok", "fetched", "image_ok", "accepted"} & set(funnel), funnel
+        assert funnel.get("captioned", 0) >= PAIRS // 2, funnel
+        with ledger.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT stage, dag_id, run_id, task_id, map_index, try_number, count(*) FROM sample_event "
+                "WHERE stage IN ('score', 'caption') GROUP BY 1, 2, 3, 4, 5, 6").all()
+            leased = conn.exec_driver_sql("SELECT count(*) FROM sample_state WHERE lease_owner IS NOT NULL").scalar_one()
+    finally:
+        ledger.dispose()
+    assert {r[0] for r in rows} == {"score", "caption"}
+    assert all(r[1] == "taisu_pipeline" and r[2] == run_id and r[3] == r[0] and r[4] in range(SHARDS) and r[5] == 1
+               for r in rows), rows
+    assert leased == 0
 
 
 def test_up_refuses_a_taken_port_and_cleans_stale_records(tmp_path: Path, deployment: Deployment) -> None:
