@@ -22,5 +22,14 @@ except sa.exc.OperationalError as exc:
         file=sys.stderr,
     )
     sys.exit(1)
-print(f"preflight: PostgreSQL reachable at {url.render_as_string(hide_password=True)}; "
-      "the S3 tests start their own moto server on 127.0.0.1")
+# The production-mode Airflow tests use Redis as Celery's broker (a database number of their own).
+redis_url = "redis://127.0.0.1:6379"
+try:
+    from taisu_etl.deploy.broker import check_redis
+
+    check_redis(f"{redis_url.rstrip('/')}/0")
+except Exception as exc:  # noqa: BLE001 - one plain line, whatever went wrong
+    print(f"The Airflow tests need Redis at {redis_url}: {exc}", file=sys.stderr)
+    sys.exit(1)
+print(f"preflight: PostgreSQL reachable at {url.render_as_string(hide_password=True)}, Redis at {redis_url}; "
+      "the S3 tests start their own S3 servers on 127.0.0.1")

@@ -44,7 +44,7 @@ from taisu_etl.deploy.processes import ProcessRecord, log_tail, process_tree, st
 from taisu_etl.storage import S3ObjectStore
 from taisu_etl.synthweb import SyntheticWeb
 from tests.conftest import PG_ADMIN_URL
-from tests.deploy.support import caller_environment, free_port
+from tests.deploy.support import caller_environment, drop_redis_keys, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts"  # var/ is git-ignored
@@ -266,17 +266,6 @@ def airflow_log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(out)
 
 
-def _drop_redis_keys(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
 
 @contextmanager
 def _postgres_database(name: str) -> Iterator[str]:
@@ -325,7 +314,7 @@ def production_stack(root: Path, *, tag: str, web: SyntheticWeb, s3: Literal["rc
         def cleanup() -> None:
             down(settings.home, grace=15)
             drop_postgres_database(settings.metadata_url)
-            _drop_redis_keys(settings.broker_url, prefix)
+            drop_redis_keys(settings.broker_url, prefix)
 
         stack.callback(cleanup)
         deployment = up(settings, env=env)

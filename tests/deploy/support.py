@@ -65,3 +65,16 @@ def listening_addresses(port: int) -> set[str]:
             if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
                 found.add(address)
     return found
+
+
+def drop_redis_keys(url: str, prefix: str) -> None:
+    """Delete every key under `prefix` (a test deployment's broker keys) from the Redis at `url`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

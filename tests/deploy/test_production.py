@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import textwrap
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -22,7 +21,7 @@ pytest.importorskip("airflow", reason="apache-airflow is installed by `make test
 from taisu_etl.deploy import Deployment, DeploySettings, down, status, up  # noqa: E402
 from taisu_etl.deploy.metadata import drop_postgres_database  # noqa: E402
 from tests.conftest import PG_ADMIN_URL  # noqa: E402
-from tests.deploy.support import caller_environment, free_port, processes_of_home  # noqa: E402
+from tests.deploy.support import caller_environment, drop_redis_keys, free_port, processes_of_home  # noqa: E402
 
 pytestmark = [pytest.mark.airflow, pytest.mark.postgres]
 
@@ -75,19 +74,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     finally:
         down(settings.home, grace=15)
         drop_postgres_database(settings.metadata_url)
-        _drop_redis_keys(settings.broker_url, prefix)
+        drop_redis_keys(settings.broker_url, prefix)
 
-
-def _drop_redis_keys(url: str, prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def test_postgres_celery_and_both_workers_are_up_and_healthy(deployment: Deployment) -> None:
