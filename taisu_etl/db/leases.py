@@ -42,6 +42,7 @@ from taisu_etl.db.context import RunContext
 from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.db.schema import sample_state
 from taisu_etl.errors import TaisuError
+from taisu_etl.procfs import start_ticks, stat_fields
 from taisu_etl.vocab import Stage, State
 
 log = logging.getLogger(__name__)
@@ -97,23 +98,6 @@ def _local_node() -> str | None:
     return _NODE[1]
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks after boot: field 22) from /proc/<pid>/stat; None if unreadable."""
-    stat = _read(f"/proc/{pid}/stat")
-    if stat is None:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: count fields after the last ')'.
-    fields = stat[stat.rfind(")") + 2:].split()
-    if len(fields) < 20 or not fields[19].isdigit():
-        return None
-    return fields[0], int(fields[19])
-
-
-def _start_ticks(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat is not None else None
-
-
 def _pid_gone(pid: int) -> bool:
     """True only when no process has this pid (a process we may not see, e.g. under hidepid, still exists)."""
     try:
@@ -148,7 +132,7 @@ class LeaseOwner:
     def current(cls, label: str, *, pid: int | None = None) -> "LeaseOwner":
         """This process (or the running process `pid` of this machine), under `label` (e.g. "score.3.1f2e3d4c")."""
         pid = os.getpid() if pid is None else pid
-        node, ticks = _local_node(), _start_ticks(pid)
+        node, ticks = _local_node(), start_ticks(pid)
         start = f"{node}.{ticks}" if node is not None and ticks is not None else None
         return cls(host=_local_host(), pid=pid, start=start, label=_SAFE.sub("-", label) or "lease")
 
@@ -208,12 +192,11 @@ class LeaseOwner:
         node, ticks = self.start.split(".")
         if node != _local_node():
             return "unknown"
-        stat = _proc_stat(self.pid)
-        if stat is None:  # no readable /proc entry: gone, or hidden from us (hidepid) but alive
+        fields = stat_fields(self.pid)
+        if fields is None:  # no readable /proc entry: gone, or hidden from us (hidepid) but alive
             return "dead" if _pid_gone(self.pid) else "unknown"
-        state, started = stat
         # A zombie renews nothing; a process with another start time is another process.
-        return "dead" if state in ("Z", "X") or started != int(ticks) else "alive"
+        return "dead" if fields[0] in ("Z", "X") or int(fields[19]) != int(ticks) else "alive"
 
 
 def _iso(when: datetime) -> str:

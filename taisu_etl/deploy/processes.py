@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from taisu_etl.procfs import start_ticks, stat_fields
+
 _PROC = Path("/proc")
 
 
@@ -46,29 +48,7 @@ class ProcessRecord:
                    command=tuple(data["command"]), log=Path(data["log"]))
 
     def alive(self) -> bool:
-        return _identity(self.pid) == self.start_ticks
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/PID/stat split after the command name (which may contain spaces and parentheses)."""
-    try:
-        text = (_PROC / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-
-def _identity(pid: int) -> int | None:
-    """The start time of a live (not zombie) process `pid`, or None."""
-    fields = _stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])  # field 22 of stat; fields[0] is field 3 (state)
-
-
-def start_ticks(pid: int) -> int | None:
-    """The start time of process `pid` in clock ticks after boot, None if it is not running."""
-    return _identity(pid)
+        return start_ticks(self.pid) == self.start_ticks
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -76,7 +56,7 @@ def _children_map() -> dict[int, list[int]]:
     for entry in _PROC.iterdir():
         if not entry.name.isdigit():
             continue
-        fields = _stat(int(entry.name))
+        fields = stat_fields(int(entry.name))
         if fields is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
     return children
@@ -86,7 +66,7 @@ def _group_members(pgid: int) -> list[int]:
     members = []
     for entry in _PROC.iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = stat_fields(int(entry.name))
             if fields is not None and int(fields[2]) == pgid:
                 members.append(int(entry.name))
     return members
@@ -101,7 +81,7 @@ def process_tree(pid: int) -> dict[int, int]:
         current = todo.pop()
         if current in found:
             continue
-        ticks = _identity(current)
+        ticks = start_ticks(current)
         if ticks is None:
             continue
         found[current] = ticks
@@ -124,7 +104,7 @@ def spawn(name: str, command: Sequence[str], *, env: Mapping[str, str], cwd: Pat
 
 
 def _signal(pid: int, ticks: int, sig: int) -> None:
-    if _identity(pid) != ticks:
+    if start_ticks(pid) != ticks:
         return  # gone, or the pid now belongs to another process
     try:
         os.kill(pid, sig)
@@ -155,7 +135,7 @@ def stop(records: Sequence[ProcessRecord], *, grace: float = 30.0) -> list[Proce
     for record in records:
         if record.alive():
             tree.update(process_tree(record.pid))
-        elif _identity(record.pid) is None:
+        elif start_ticks(record.pid) is None:
             orphans.update({pid: ticks for pid, ticks in process_tree(record.pid).items() if ticks >= record.start_ticks})
     tree.update(orphans)
     for record in live:
@@ -171,7 +151,7 @@ def stop(records: Sequence[ProcessRecord], *, grace: float = 30.0) -> list[Proce
         for record in live:  # children started while shutting down belong to the tree as well
             if record.alive():
                 tree.update(process_tree(record.pid))
-        if not any(_identity(pid) == ticks for pid, ticks in tree.items()):
+        if not any(start_ticks(pid) == ticks for pid, ticks in tree.items()):
             break
         time.sleep(0.2)
     for record in live:
@@ -183,7 +163,7 @@ def stop(records: Sequence[ProcessRecord], *, grace: float = 30.0) -> list[Proce
     for pid, ticks in tree.items():
         _signal(pid, ticks, signal.SIGKILL)
     end = time.monotonic() + 10
-    while time.monotonic() < end and any(_identity(pid) == ticks for pid, ticks in tree.items()):
+    while time.monotonic() < end and any(start_ticks(pid) == ticks for pid, ticks in tree.items()):
         _reap(r.pid for r in live)
         time.sleep(0.1)
     _reap(r.pid for r in live)

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from taisu_etl.deploy.processes import start_ticks
+from taisu_etl.procfs import start_ticks, stat_fields
 
 
 def free_port() -> int:
@@ -45,12 +45,8 @@ def children_of(pid: int) -> set[int]:
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2:].split()
-            if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            fields = stat_fields(int(entry.name))
+            if fields is not None and int(fields[1]) == pid and fields[0] not in ("Z", "X"):
                 found.add(int(entry.name))
     return found
 
