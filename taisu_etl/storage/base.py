@@ -179,6 +179,22 @@ class ObjectStore(ABC):
         """Remove every stored version and delete marker of exactly `key`; returns how many."""
 
     @abstractmethod
+    def versions(self, key: str) -> list[str]:
+        """Ids of every stored version and delete marker of exactly `key`, newest first.
+
+        What a takedown's verification counts: an empty list means nothing of the key is left.
+        A store without versioning has one version (id "current") while the object exists.
+        """
+
+    @abstractmethod
+    def delete_noncurrent_versions(self, key: str) -> int:
+        """Remove every version and delete marker of `key` except the current object; returns how many.
+
+        After a rewrite (a takedown patch of a release shard) the old bytes must not stay
+        recoverable on a versioned bucket.
+        """
+
+    @abstractmethod
     def check(self) -> None:
         """Verify that the store is usable now; raise StorageError with the fix otherwise."""
 

@@ -396,15 +396,7 @@ class S3ObjectStore(ObjectStore):
     def delete_all_versions(self, key: str) -> int:
         validate_key(key)
         with self._errors(f"delete the versions of {key}"):
-            # Non-recursive, so that keys below "key/" come back as one common prefix instead
-            # of being listed one by one; the name test drops "key2" and friends.
-            targets = [
-                DeleteObject(key, obj.version_id)
-                for obj in self._client.list_objects(
-                    self.bucket, prefix=key, recursive=False, include_version=True
-                )
-                if obj.object_name == key and not obj.is_dir
-            ]
+            targets = [DeleteObject(key, vid) for vid, _ in self._versions(key)]
             if not targets:
                 return 0
             failures = list(self._client.remove_objects(self.bucket, targets))
@@ -413,6 +405,37 @@ class S3ObjectStore(ObjectStore):
             raise StorageError(
                 f"the object store at {self.endpoint_url} kept {len(failures)} of "
                 f"{len(targets)} versions of {key!r} ({first.code}): check that the user may "
+                "delete object versions and that no object lock holds them"
+            )
+        return len(targets)
+
+    def _versions(self, key: str) -> list[tuple[str | None, bool]]:
+        """(version id, is latest) of every version and delete marker of exactly `key`, newest first."""
+        # Non-recursive, so that keys below "key/" come back as one common prefix instead of
+        # being listed one by one; the name test drops "key2" and friends.
+        return [
+            (obj.version_id, str(obj.is_latest).lower() == "true" and not obj.is_delete_marker)
+            for obj in self._client.list_objects(self.bucket, prefix=key, recursive=False, include_version=True)
+            if obj.object_name == key and not obj.is_dir
+        ]
+
+    def versions(self, key: str) -> list[str]:
+        validate_key(key)
+        with self._errors(f"list the versions of {key}"):
+            return [vid or "null" for vid, _ in self._versions(key)]
+
+    def delete_noncurrent_versions(self, key: str) -> int:
+        validate_key(key)
+        with self._errors(f"delete the old versions of {key}"):
+            targets = [DeleteObject(key, vid) for vid, latest in self._versions(key) if not latest]
+            if not targets:
+                return 0
+            failures = list(self._client.remove_objects(self.bucket, targets))
+        if failures:
+            first = failures[0]
+            raise StorageError(
+                f"the object store at {self.endpoint_url} kept {len(failures)} of "
+                f"{len(targets)} old versions of {key!r} ({first.code}): check that the user may "
                 "delete object versions and that no object lock holds them"
             )
         return len(targets)

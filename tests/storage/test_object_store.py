@@ -233,6 +233,16 @@ def test_delete_all_versions_removes_the_object_only(store: ObjectStore) -> None
     assert store.delete_all_versions("k") == 0
 
 
+def test_versions_lists_what_a_takedown_must_find_gone(store: ObjectStore) -> None:
+    assert store.versions("v") == []
+    store.put("v", b"one")
+    store.put("v", b"two")
+    store.delete_noncurrent_versions("v")
+    assert len(store.versions("v")) == 1 and store.get("v") == b"two"
+    store.delete_all_versions("v")
+    assert store.versions("v") == []
+
+
 BAD_KEYS = [
     "",
     "/etc/passwd",

@@ -78,6 +78,24 @@ def test_delete_all_versions_removes_versions_and_delete_markers(
 
 
 @pytest.mark.s3
+def test_versions_and_delete_noncurrent_keep_only_the_current_bytes(make_s3_store: MakeStore) -> None:
+    store = make_s3_store(versioning=True)
+    assert store.versions("k") == []
+    for n in range(3):
+        store.put("k", f"version {n}".encode())
+    store.put("k2", b"sibling")
+    assert len(store.versions("k")) == 3
+
+    assert store.delete_noncurrent_versions("k") == 2
+
+    assert len(store.versions("k")) == 1 and store.get("k") == b"version 2"
+    assert store.get("k2") == b"sibling" and len(store.versions("k2")) == 1
+    assert store.delete_noncurrent_versions("k") == 0
+    store.delete_all_versions("k")
+    assert store.versions("k") == []
+
+
+@pytest.mark.s3
 def test_missing_bucket_is_named(s3_server: S3Server) -> None:
     bucket = fresh_bucket_name()
     store = S3ObjectStore(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket)
