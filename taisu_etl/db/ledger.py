@@ -140,6 +140,10 @@ class Ledger:
     def dispose(self) -> None:
         self.engine.dispose()
 
+    def event_fields(self, ctx: RunContext | None = None) -> dict[str, Any]:
+        """The Airflow run, task and worker columns of an event written now (for writers outside `move`)."""
+        return self._ctx(ctx)
+
     def _ctx(self, ctx: RunContext | None) -> dict[str, Any]:
         ctx = ctx or RunContext.from_airflow_env(recipe_version=self.recipe_version)
         fields = ctx.event_fields()

@@ -141,13 +141,15 @@ release = sa.Table(
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(128), nullable=False),
-    sa.Column("state", sa.String(16), nullable=False, comment="staging | published | failed"),
+    sa.Column("state", sa.String(16), nullable=False, comment="staging | published | failed | withdrawn"),
     sa.Column("parent_id", BigId, sa.ForeignKey("release.id")),
     sa.Column("recipe", Json),
     sa.Column("counts", Json),
     sa.Column("manifest_key", sa.Text),
     sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
     sa.Column("published_at", Ts),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1", comment="1 when published; +1 per takedown patch"),
+    sa.Column("withdrawn_at", Ts),
     sa.UniqueConstraint("name"),
 )
 
@@ -157,7 +159,22 @@ release_member = sa.Table(
     sa.Column("release_id", BigId, sa.ForeignKey("release.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("sample_id", BigId, sa.ForeignKey("sample.id"), primary_key=True),
     sa.Column("shard", sa.String(64), nullable=False, comment="file name of the release shard"),
+    sa.Column("removed_in_version", sa.Integer, comment="first release version without the sample (a takedown patch); NULL while it is in"),
     sa.Index("ix_release_member_sample_id", "sample_id"),
+)
+
+# Every published version of a release: version 1 from `release create`, one more per takedown
+# patch. Members of version v are the release_member rows with removed_in_version NULL or > v.
+release_version = sa.Table(
+    "release_version",
+    metadata,
+    sa.Column("release_id", BigId, sa.ForeignKey("release.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("manifest_key", sa.Text, nullable=False),
+    sa.Column("manifest_sha256", sa.String(64), nullable=False),
+    sa.Column("samples", sa.Integer, nullable=False),
+    sa.Column("takedown_id", BigId, sa.ForeignKey("takedown_request.id"), comment="the request that made this version"),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
 )
 
 takedown_request = sa.Table(
@@ -168,22 +185,73 @@ takedown_request = sa.Table(
     sa.Column("requester", sa.Text, nullable=False),
     sa.Column("contact", sa.Text),
     sa.Column("reason", sa.Text),
-    sa.Column("kind", sa.String(16), nullable=False, comment="url | sha256 | phash | sample"),
-    sa.Column("value", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, server_default="received"),
+    sa.Column("kind", sa.String(16), nullable=False, comment="sample | taisu_id | url | sha256 | image | domain"),
+    sa.Column("value", sa.Text, nullable=False, comment="the selector: id, normalised URL, hex digest, host; image: its sha256"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="received",
+              comment="received | matched | processed | verified | rejected"),
     sa.Column("processed_at", Ts),
     sa.Column("details", Json),
+    sa.Column("reference", sa.Text, comment="the requester's reference, e.g. an e-mail id"),
+    sa.Column("channel", sa.Text, comment="cli | airflow | FILE:LINE of a bulk import"),
+    sa.Column("status_detail", sa.Text, comment="why rejected, or what the last step found"),
+    sa.Column("matched_at", Ts),
+    sa.Column("verified_at", Ts),
+    sa.Index("ix_takedown_request_status", "status"),
+)
+
+# Which samples a request matched, and how: the audit trail's "matches".
+takedown_match = sa.Table(
+    "takedown_match",
+    metadata,
+    sa.Column("takedown_id", BigId, sa.ForeignKey("takedown_request.id"), primary_key=True),
+    sa.Column("sample_id", BigId, sa.ForeignKey("sample.id"), primary_key=True),
+    sa.Column("how", sa.String(16), nullable=False, comment="sample | taisu_id | url | sha256 | phash | duplicate_of | domain"),
+    sa.Column("distance", sa.SmallInteger, comment="Hamming distance of the perceptual hashes (phash matches)"),
+    sa.Column("matched_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Index("ix_takedown_match_sample_id", "sample_id"),
+)
+
+# Every object a request deleted (images, embedding files, old release shards) and what the
+# verification found there afterwards: "is it really gone?" answered from the ledger.
+takedown_object = sa.Table(
+    "takedown_object",
+    metadata,
+    sa.Column("takedown_id", BigId, sa.ForeignKey("takedown_request.id"), primary_key=True),
+    sa.Column("object_key", sa.Text, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False, comment="image | embeddings | release_file"),
+    sa.Column("action", sa.String(16), nullable=False, comment="deleted | rewritten"),
+    sa.Column("versions_deleted", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("deleted_at", Ts, nullable=False, server_default=sa.func.now()),
+    sa.Column("verified_at", Ts),
+    sa.Column("versions_left", sa.Integer, comment="versions found by the verification: 0 for deleted, 1 for rewritten"),
+)
+
+# Which published releases a request patched (a new version) or withdrew.
+takedown_release = sa.Table(
+    "takedown_release",
+    metadata,
+    sa.Column("takedown_id", BigId, sa.ForeignKey("takedown_request.id"), primary_key=True),
+    sa.Column("release_id", BigId, sa.ForeignKey("release.id"), primary_key=True),
+    sa.Column("action", sa.String(16), nullable=False, comment="patched | withdrawn"),
+    sa.Column("from_version", sa.Integer, nullable=False),
+    sa.Column("to_version", sa.Integer),
+    sa.Column("samples_removed", sa.Integer, nullable=False),
+    sa.Column("shards_rewritten", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
 )
 
 blocklist = sa.Table(
     "blocklist",
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(16), nullable=False, comment="url | sha256 | phash"),
+    sa.Column("kind", sa.String(16), nullable=False, comment="url | sha256 | phash | host"),
     sa.Column("value", sa.Text, nullable=False),
     sa.Column("takedown_id", BigId, sa.ForeignKey("takedown_request.id")),
+    sa.Column("sample_id", BigId, comment="the sample the value was taken from, if any"),
     sa.Column("created_at", Ts, nullable=False, server_default=sa.func.now()),
     sa.UniqueConstraint("kind", "value"),
+    # The audit trail counts and lists a request's entries (a domain request can add hundreds of thousands).
+    sa.Index("ix_blocklist_takedown_id", "takedown_id"),
 )
 
 domain_state = sa.Table(

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from taisu_etl.db.engine import make_engine
 from taisu_etl.db.migrate import current_revision, head_revision, render_postgres_ddl, upgrade
 from taisu_etl.db.schema import metadata
-from taisu_etl.db.views import VIEWS
+from taisu_etl.db.views import VIEWS, render_sql as render_views_sql
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,3 +34,4 @@ def test_committed_views_file_lists_every_view() -> None:
     text = (ROOT / "sql" / "002_views.sql").read_text()
     for name, select in VIEWS.items():
         assert f"CREATE VIEW {name} AS\n{select};" in text
+    assert text == render_views_sql(), "regenerate with: python -m taisu_etl.db.views > sql/002_views.sql"

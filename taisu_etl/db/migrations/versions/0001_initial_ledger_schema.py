@@ -11,9 +11,16 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-# The views' text lives in taisu_etl.db.views; a later migration that changes a view drops and
-# recreates it from there, so a fresh ledger and an upgraded one end with the same views.
-from taisu_etl.db.views import VIEWS
+# The views as this revision created them, frozen here: later revisions drop and recreate them
+# from taisu_etl.db.views, whose text may refer to tables this revision does not have.
+VIEWS = {
+    'v_funnel': 'SELECT state, COUNT(*) AS samples FROM sample_state GROUP BY state',
+    'v_rejections': "SELECT state, last_reason AS reason, COUNT(*) AS samples FROM sample_state WHERE state IN ('text_rejected', 'fetch_failed', 'expired', 'image_rejected', 'duplicate', 'score_rejected', 'taken_down') GROUP BY state, last_reason",
+    'v_ingest_issues': 'SELECT source, reason, COUNT(*) AS rows_lost FROM ingest_issue GROUP BY source, reason',
+    'v_sample_lineage': 'SELECT e.sample_id, s.url_id, s.url, s.caption, e.created_at, e.stage, e.from_state, e.to_state, e.reason, e.details, e.dag_id, e.run_id, e.task_id, e.map_index, e.try_number, e.worker, e.recipe_version FROM sample_event e JOIN sample s ON s.id = e.sample_id',
+    'v_release_contents': 'SELECT r.name AS release_name, r.state AS release_state, m.shard, s.id AS sample_id, s.url_id, s.url, s.sha256, s.object_key FROM release_member m JOIN release r ON r.id = m.release_id JOIN sample s ON s.id = m.sample_id',
+    'v_takedown_audit': 'SELECT t.id AS takedown_id, t.received_at, t.requester, t.kind, t.value, t.status, t.processed_at, COUNT(b.id) AS blocklist_entries FROM takedown_request t LEFT JOIN blocklist b ON b.takedown_id = t.id GROUP BY t.id, t.received_at, t.requester, t.kind, t.value, t.status, t.processed_at',
+}
 
 revision = '0001'
 down_revision = None
