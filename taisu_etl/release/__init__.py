@@ -31,6 +31,7 @@ _EXPORTS = {
     "ReleaseError": "errors", "ReleaseExistsError": "errors", "ReleaseNotFoundError": "errors",
     "read_manifest": "manifest",
     "FORMATS": "options", "LATEST": "options", "ReleaseOptions": "options",
+    "PatchReport": "patch", "WithdrawReport": "patch", "patch_release": "patch", "withdraw_release": "patch",
     "Problem": "verify", "VerifyReport": "verify", "verify_release": "verify",
 }
 
@@ -54,10 +55,14 @@ __all__ = [
     "ReleaseNotFoundError",
     "ReleaseOptions",
     "ReleaseReport",
+    "PatchReport",
     "VerifyReport",
+    "WithdrawReport",
     "create_release",
     "diff_releases",
     "iter_diff",
+    "patch_release",
     "read_manifest",
     "verify_release",
+    "withdraw_release",
 ]

@@ -26,7 +26,7 @@ from taisu_etl.release.captions import CaptionWriters
 from taisu_etl.release.diff import merge_diff
 from taisu_etl.release.errors import ReleaseError, ReleaseExistsError
 from taisu_etl.release.fonts import find_cjk_font
-from taisu_etl.release.manifest import FORMAT, FileEntry, dumps, hash_file, read_manifest, sha256sums, with_files
+from taisu_etl.release.manifest import FORMAT, FileEntry, dumps, hash_file, read_manifest, read_manifest_bytes, sha256sums, with_files
 from taisu_etl.release.options import LATEST, ReleaseOptions
 from taisu_etl.release.parquet import ParquetShardWriter
 from taisu_etl.release.selection import SelectionStats, iter_members
@@ -220,9 +220,12 @@ def create_release(
     engine = ledger.engine
     manifest_key = layout.key(name, layout.MANIFEST)
     existing = records.get(engine, name)
-    if store.exists(manifest_key):
+    if existing is not None and existing["state"] == records.WITHDRAWN:
+        raise ReleaseExistsError(f"release {name} was withdrawn: its name stays retired, choose a new one")
+    found = read_manifest_bytes(store, name)
+    if found is not None:
         if existing is not None and existing["state"] != records.PUBLISHED:
-            records.mark_published(engine, existing["id"], manifest_key)
+            records.mark_published(engine, existing["id"], manifest_key, found[1], hashlib.sha256(found[0]).hexdigest())
         raise ReleaseExistsError(f"release {name} is already published ({manifest_key} in {store.describe()}): releases are immutable, choose a new name")
     if existing is not None and existing["state"] == records.PUBLISHED:
         raise ReleaseExistsError(
@@ -307,10 +310,10 @@ def _build(
                 uploader.submit(layout.WDS_SIZES, tmp / "sizes.json", hash_file(tmp / "sizes.json"))
             counts = {
                 "samples": stats.samples, "shards": len(shard_sizes), "with_generated_caption": stats.with_generated,
-                "added": added, "removed": removed, "skipped": asdict(skipped),
+                "added": added, "removed": removed, "taken_down": 0, "skipped": asdict(skipped),
             }
             body = {
-                "format": FORMAT, "name": name, "recipe": recipe, "recipe_version": ledger.recipe_version,
+                "format": FORMAT, "name": name, "version": 1, "recipe": recipe, "recipe_version": ledger.recipe_version,
                 "counts": counts, "models": stats.models(),
                 "shards": [{"name": s, "samples": n, "files": _shard_files(s, options)} for s, n in shard_sizes.items()],
             }
@@ -318,26 +321,40 @@ def _build(
             for path, local in card.render(tmp, body, ledger.funnel(), ledger.reason_counts(), stats, font).items():
                 uploader.submit(path, local, hash_file(local))
             files = uploader.drain()
-
-            withdrawn = records.withdrawn_members(engine, release_id)
-            if withdrawn:
-                raise ReleaseError(
-                    f"{withdrawn} samples of release {name} were taken down or blocklisted while it was being built: run it again"
-                )
             sums = sha256sums(files)
             store.put(layout.key(name, layout.SHA256SUMS), sums)
             files.append(FileEntry(layout.SHA256SUMS, hashlib.sha256(sums).hexdigest(), len(sums)))
-            manifest = with_files(body, files)
-            manifest_key = layout.key(name, layout.MANIFEST)
-            store.put(manifest_key, dumps(manifest))  # the commit point
+            manifest_key = _commit(ledger, store, name, release_id, with_files(body, files), counts)
         finally:
             uploader.close()
-    records.publish(engine, release_id, counts, manifest_key)
     return ReleaseReport(
         name=name, release_id=release_id, samples=stats.samples, shards=len(shard_sizes), added=added, removed=removed,
         parent=parent, skipped=asdict(skipped), files=len(files), bytes=sum(f.size for f in files),
         manifest_key=manifest_key, card_key=layout.key(name, layout.README), store=store.describe(),
     )
+
+
+def _commit(ledger: Ledger, store: ObjectStore, name: str, release_id: int, manifest: dict[str, Any], counts: dict[str, Any]) -> str:
+    """The last takedown check, the manifest and the publish, atomic against a takedown.
+
+    One transaction holds the release row lock (records.lock_for_patch) from the check to the
+    publish; a takedown takes the same lock to decide whether the release needs a patch. So a
+    takedown either lands before the check (this build refuses to publish) or finds the release
+    published and patches it. A crash between the manifest and the commit is recovered by the
+    next `create` (mark_published).
+    """
+    data = dumps(manifest)
+    manifest_key = layout.key(name, layout.MANIFEST)
+    with ledger.engine.begin() as conn:
+        records.lock_for_patch(conn, release_id)
+        withdrawn = records.withdrawn_members(conn, release_id)
+        if withdrawn:
+            raise ReleaseError(
+                f"{withdrawn} samples of release {name} were taken down or blocklisted while it was being built: run it again"
+            )
+        store.put(manifest_key, data)  # the commit point
+        records.publish(conn, release_id, counts, manifest_key, hashlib.sha256(data).hexdigest())
+    return manifest_key
 
 
 def _shard_files(shard: str, options: ReleaseOptions) -> list[str]:

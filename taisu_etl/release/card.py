@@ -124,12 +124,14 @@ def readme(manifest: dict[str, Any], funnel: dict[str, int], reasons: list[tuple
         "## This release",
         "",
         *_table(["measure", "value"], [
+            ["version", manifest.get("version", 1)],
             ["samples", counts["samples"]],
             ["shards", counts["shards"]],
             ["with a generated caption", counts["with_generated_caption"]],
             ["parent release", f"`{parent}`" if parent else "none"],
             ["added since the parent", counts["added"]],
-            ["removed since the parent (removed.txt)", counts["removed"]],
+            ["taken down since publication (takedown patches)", counts.get("taken_down", 0)],
+            ["removed since the parent or taken down (removed.txt)", counts["removed"]],
             ["skipped: image missing from the store", counts["skipped"]["missing_image"]],
             ["skipped: image bytes do not match their sha256", counts["skipped"]["bad_image"]],
             ["skipped: second sample of one image id", counts["skipped"]["duplicate_id"]],
@@ -158,8 +160,26 @@ def readme(manifest: dict[str, Any], funnel: dict[str, int], reasons: list[tuple
     if "parquet" in formats:
         lines.append("- `parquet/NNNNN.parquet`: one row per sample: source, URL, hashes, size, score and model, captions, shard files.")
     lines += [
-        "- `ids.txt`: every sample id, sorted; `removed.txt`: ids of the parent release that are not in this one.",
+        "- `ids.txt`: every sample id, sorted; `removed.txt`: ids of the parent release that are not in this one, and ids "
+        "taken down from earlier versions of this one: delete those from any copy you hold.",
         "- `manifest.json`: counts, recipe, models, and the sha256 and size of every file; `SHA256SUMS`: check with `sha256sum -c SHA256SUMS`.",
+    ]
+    history = manifest.get("history") or []
+    if history:
+        lines += [
+            "- `history/vN/manifest.json`, `history/vN/ids.txt`: the manifest and id list of each earlier version "
+            "(ids only, no images), for `taisu-etl release diff NAME@N NAME`.",
+            "",
+            "## Versions",
+            "",
+            "Each takedown patch rewrote only the shards that held a removed sample, at the same paths, and made a new version.",
+            "",
+        ]
+        lines += _table(["version", "made from the manifest with sha256", "samples removed", "takedown request"], [
+            [h["version"], f"`{h['previous_manifest_sha256'][:16]}…`", h["removed"], h["takedown_id"] if h["takedown_id"] is not None else "-"]
+            for h in history
+        ])
+    lines += [
         "",
         "## Models",
         "",
@@ -171,7 +191,7 @@ def readme(manifest: dict[str, Any], funnel: dict[str, int], reasons: list[tuple
     lines += [""]
     lines += _table(["caption model", "generated captions"], [[f"`{m}`", n] for m, n in models["caption"].items()] or [["none", 0]])
     total = sum(funnel.values())
-    lines += ["", "## Funnel", "", "Samples per state in the whole ledger when this release was built.", ""]
+    lines += ["", "## Funnel", "", "Samples per state in the whole ledger when this version was made.", ""]
     ordered = sorted(funnel, key=lambda s: (_STATE_ORDER.index(s) if s in _STATE_ORDER else len(_STATE_ORDER), s))
     lines += _table(["state", "samples"], [[f"`{s}`", funnel[s]] for s in ordered] + [["total", total]])
     lines += ["", "## Rejection reasons", "", "Why samples are where they are (their latest reason code).", ""]

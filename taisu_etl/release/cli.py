@@ -1,4 +1,4 @@
-"""`taisu-etl release ...`: create, verify, diff and list releases.
+"""`taisu-etl release ...`: create, verify, diff, list and withdraw releases.
 
 Mounted by taisu_etl/cli.py; user errors are TaisuError subclasses, which its `main()` prints as
 one `error: ...` line with exit status 2, like every other command.
@@ -88,6 +88,9 @@ def verify(
     finally:
         if ledger is not None:
             ledger.dispose()
+    if report.withdrawn:
+        typer.echo(report.summary())
+        raise ReleaseError(f"release {name} was withdrawn: there is nothing to verify")
     if not report.exists:
         raise ReleaseNotFoundError(f"release {name} does not exist in {store.describe()} (no releases/{name}/manifest.json)")
     typer.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if as_json else report.summary())
@@ -97,12 +100,12 @@ def verify(
 
 @release_app.command("diff")
 def diff(
-    a: Annotated[str, typer.Argument(help="the older release")],
-    b: Annotated[str, typer.Argument(help="the newer release")],
+    a: Annotated[str, typer.Argument(help="the older release: NAME, or NAME@N for version N of a patched release")],
+    b: Annotated[str, typer.Argument(help="the newer release: NAME (its current version) or NAME@N")],
     recipe: RecipeOpt = None,
     ids: Annotated[bool, typer.Option("--ids", help="print every added (+id) and removed (-id) id")] = False,
 ) -> None:
-    """Ids added and removed going from release A to release B."""
+    """Ids added and removed going from release A to release B (`diff NAME@1 NAME`: what takedowns removed)."""
     from taisu_etl.release.diff import diff_releases, iter_diff
     from taisu_etl.services import open_store
 
@@ -116,7 +119,7 @@ def diff(
 
 @release_app.command("list")
 def list_releases(recipe: RecipeOpt = None) -> None:
-    """Releases recorded in the ledger, with their state and whether their manifest is in the store."""
+    """Releases recorded in the ledger, with their state, version and whether their manifest is in the store."""
     from taisu_etl.release import layout, records
     from taisu_etl.services import open_ledger, open_store
 
@@ -132,10 +135,48 @@ def list_releases(recipe: RecipeOpt = None) -> None:
     store = open_store(settings)
     w = max(len("name"), *(len(r["name"]) for r in rows)) + 2
     pw = max(len("parent"), *(len(r["parent_name"] or "-") for r in rows)) + 2
-    typer.echo(f"{'name':<{w}}{'state':<11}{'samples':>10}  {'parent':<{pw}}{'published (UTC)':<21}manifest")
+    typer.echo(f"{'name':<{w}}{'state':<11}{'version':>7}{'samples':>10}  {'parent':<{pw}}{'published (UTC)':<21}manifest")
     for r in rows:
         samples = (r["counts"] or {}).get("samples")
         published = r["published_at"].strftime("%Y-%m-%d %H:%M:%S") if r["published_at"] else "-"
         there = "present" if store.exists(layout.key(r["name"], layout.MANIFEST)) else "absent"
-        typer.echo(f"{r['name']:<{w}}{r['state']:<11}{samples if samples is not None else '-':>10}  "
+        if r["withdrawn_at"] is not None:
+            there += f" (withdrawn {r['withdrawn_at'].strftime('%Y-%m-%d %H:%M:%S')})"
+        version = r["version"] if r["state"] in (records.PUBLISHED, records.WITHDRAWN) else "-"
+        typer.echo(f"{r['name']:<{w}}{r['state']:<11}{version:>7}{samples if samples is not None else '-':>10}  "
                    f"{r['parent_name'] or '-':<{pw}}{published:<21}{there}")
+
+
+@release_app.command("withdraw")
+def withdraw(
+    name: Annotated[str, typer.Argument(help="release name")],
+    recipe: RecipeOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", help="withdraw it; without this, only say what would be deleted")] = False,
+) -> None:
+    """Delete every object of release NAME (every stored version), manifest first, and mark it withdrawn.
+
+    For a release that must not be rewritten by a takedown patch; the name stays retired.
+    """
+    from taisu_etl.release import layout
+    from taisu_etl.release.patch import withdraw_release
+    from taisu_etl.services import open_ledger, open_store
+
+    settings = load_settings(recipe)
+    ledger = open_ledger(settings)
+    try:
+        store = open_store(settings)
+        if not yes:
+            from taisu_etl.release import records
+            from taisu_etl.release.errors import ReleaseNotFoundError
+
+            row = records.get(ledger.engine, layout.check_name(name))
+            if row is None:
+                raise ReleaseNotFoundError(f"release {name} is not in the ledger: check the name with `taisu-etl release list`")
+            keys = sum(1 for _ in store.list(layout.prefix(name)))
+            typer.echo(f"release {name} ({row['state']}, version {row['version']}): would delete {keys} objects under "
+                       f"{layout.prefix(name)} in {store.describe()} (every stored version) and mark it withdrawn; "
+                       "nothing done: add --yes to withdraw it")
+            return
+        withdraw_release(ledger, store, name, progress=typer.echo)
+    finally:
+        ledger.dispose()

@@ -1,6 +1,8 @@
 """Which ids one release added and removed against another, by merging their sorted `ids.txt`.
 
 Both lists are streamed: comparing two 166M-sample releases needs no more memory than two lines.
+A release is `NAME` (its current version) or `NAME@N` (version N, whose id list a takedown patch
+kept under `history/vN/ids.txt`): `diff NAME@1 NAME` shows what the patches removed.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import IO, Any
 
 from taisu_etl.release import layout
 from taisu_etl.release.errors import ReleaseError, ReleaseNotFoundError
-from taisu_etl.release.manifest import read_manifest
+from taisu_etl.release.manifest import read_manifest, version_of
 from taisu_etl.storage import ObjectStore
 
 EXAMPLES = 20
@@ -72,21 +74,27 @@ class DiffReport:
                 "added_examples": self.added_examples, "removed_examples": self.removed_examples}
 
 
-def _open_ids(store: ObjectStore, name: str) -> IO[bytes]:
-    if read_manifest(store, name) is None:
+def _open_ids(store: ObjectStore, spec: str) -> IO[bytes]:
+    name, version = layout.split_version(spec)
+    manifest = read_manifest(store, name)
+    if manifest is None:
         raise ReleaseNotFoundError(f"release {name} does not exist in {store.describe()} (no {layout.key(name, layout.MANIFEST)})")
+    current = version_of(manifest)
+    if version is not None and version > current:
+        raise ReleaseNotFoundError(f"release {name} has no version {version}: its current version is {current}")
+    path = layout.IDS if version is None or version == current else layout.history_ids(version)
     try:
-        return store.open(layout.key(name, layout.IDS))  # type: ignore[return-value]
+        return store.open(layout.key(name, path))  # type: ignore[return-value]
     except KeyError:
-        raise ReleaseError(f"release {name} has no {layout.IDS}: the release is damaged (run `verify {name}`)") from None
+        raise ReleaseError(f"release {name} has no {path}: the release is damaged (run `verify {name}`)") from None
 
 
 def iter_diff(store: ObjectStore, a: str, b: str) -> Iterator[tuple[str, str]]:
-    """Every difference of release `b` against release `a`, as ("+" | "-", id), in id order."""
+    """Every difference of release `b` against release `a` (each NAME or NAME@VERSION), as ("+" | "-", id), in id order."""
     with ExitStack() as stack:
         old = stack.enter_context(_open_ids(store, a))
         new = stack.enter_context(_open_ids(store, b))
-        yield from merge_diff(old, new, old_name=f"{a}/{layout.IDS}", new_name=f"{b}/{layout.IDS}")
+        yield from merge_diff(old, new, old_name=f"the id list of {a}", new_name=f"the id list of {b}")
 
 
 def diff_releases(store: ObjectStore, a: str, b: str, *, examples: int = EXAMPLES) -> DiffReport:

@@ -58,10 +58,25 @@ def with_files(body: dict[str, Any], files: list[FileEntry]) -> dict[str, Any]:
 
 def read_manifest(store: ObjectStore, name: str) -> dict[str, Any] | None:
     """The published manifest of `name`, or None when the release does not exist (no manifest)."""
+    found = read_manifest_bytes(store, name)
+    return None if found is None else found[1]
+
+
+def version_of(manifest: dict[str, Any]) -> int:
+    """The manifest's release version: 1 as published, +1 per takedown patch (manifests before versions: 1)."""
+    return int(manifest.get("version", 1))
+
+
+def read_manifest_bytes(store: ObjectStore, name: str) -> tuple[bytes, dict[str, Any]] | None:
+    """The manifest of `name` as stored (its sha256 is the version's id in the ledger) and parsed."""
     try:
         data = store.get(layout.key(name, layout.MANIFEST))
     except KeyError:
         return None
+    return data, parse_manifest(data, name)
+
+
+def parse_manifest(data: bytes, name: str) -> dict[str, Any]:
     try:
         manifest = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -69,3 +84,8 @@ def read_manifest(store: ObjectStore, name: str) -> dict[str, Any] | None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ReleaseError(f"the manifest of release {name} is not a {FORMAT} manifest")
     return manifest
+
+
+def file_entries(manifest: dict[str, Any]) -> dict[str, FileEntry]:
+    """The manifest's files by path."""
+    return {f["path"]: FileEntry(f["path"], f["sha256"], int(f["bytes"])) for f in manifest["files"]}

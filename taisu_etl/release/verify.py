@@ -1,9 +1,11 @@
 """verify_release: is a published release whole, and (with the ledger) still clean?
 
 Every file the manifest lists is read once: hashed and sized while it streams to a temporary file,
-then its members or lines are counted against the manifest. With a ledger, every id in `ids.txt`
-is checked against takedowns and the blocklist. Each problem names the file, what was expected and
-what was found.
+then its members or lines are counted against the manifest (a patched version's `history/` files
+are listed there too). With a ledger, every id in `ids.txt` is checked against takedowns and the
+blocklist, the ledger's current members (`release_member` rows no patch removed) must be exactly
+the ids of `ids.txt`, and the manifest must be the version the ledger recorded. A withdrawn release
+reports withdrawn. Each problem names the file, what was expected and what was found.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ import sqlalchemy as sa
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.db.schema import release_member, sample, sample_state
 from taisu_etl.release import layout, records
-from taisu_etl.release.manifest import read_manifest
+from taisu_etl.release.diff import merge_diff
+from taisu_etl.release.errors import ReleaseError
+from taisu_etl.release.manifest import read_manifest_bytes, version_of
 from taisu_etl.release.selection import blocked
 from taisu_etl.storage import ObjectStore
 from taisu_etl.vocab import State
 
 _LEDGER_BATCH = 500
+_EXAMPLES = 20
 
 
 @dataclass(frozen=True)
@@ -50,22 +55,31 @@ class VerifyReport:
     samples: int = 0
     ledger_checked: bool = False
     problems: list[Problem] = field(default_factory=list)
+    version: int | None = None
+    withdrawn: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.exists and not self.problems
+        return self.exists and not self.withdrawn and not self.problems
 
     def summary(self) -> str:
+        if self.withdrawn:
+            head = f"release {self.name} was withdrawn (at version {self.version}): its files are deleted"
+            if not self.problems:
+                return head
+            return head + f", but {len(self.problems)} object(s) are left\n" + "\n".join(f"  {p}" for p in self.problems)
         if not self.exists:
             return f"release {self.name} does not exist (no manifest)"
-        head = (f"release {self.name}: {self.files_checked} files, {self.samples:,} samples checked"
+        version = f" version {self.version}" if self.version is not None else ""
+        head = (f"release {self.name}{version}: {self.files_checked} files, {self.samples:,} samples checked"
                 f"{' against the ledger' if self.ledger_checked else ''}: ")
         if self.ok:
             return head + "ok"
         return head + f"{len(self.problems)} problem(s)\n" + "\n".join(f"  {p}" for p in self.problems)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "exists": self.exists, "ok": self.ok, "files_checked": self.files_checked,
+        return {"name": self.name, "exists": self.exists, "ok": self.ok, "version": self.version, "withdrawn": self.withdrawn,
+                "files_checked": self.files_checked,
                 "samples": self.samples, "problems": [str(p) for p in self.problems]}
 
 
@@ -130,16 +144,23 @@ def _expected_counts(manifest: dict[str, Any]) -> dict[str, int]:
 def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = None) -> VerifyReport:
     """Check release `name` file by file against its manifest (and, with `ledger`, against takedowns)."""
     report = VerifyReport(name)
+    row = records.get(ledger.engine, name) if ledger is not None else None
+    if row is not None and row["state"] == records.WITHDRAWN:
+        return _check_withdrawn(store, name, row, report)
     try:
-        manifest = read_manifest(store, name)
+        found = read_manifest_bytes(store, name)
     except Exception as exc:  # a damaged manifest is a finding, not a crash
         report.problems.append(Problem(layout.MANIFEST, f"unreadable ({exc})"))
         return report
-    if manifest is None:
+    if found is None:
         report.exists = False
         report.problems.append(Problem(layout.MANIFEST, "missing: the release does not exist (never published, or its build did not finish)"))
         return report
+    data, manifest = found
     report.samples = manifest["counts"]["samples"]
+    report.version = version_of(manifest)
+    if row is not None and row["state"] == records.PUBLISHED:
+        _check_version(ledger, row, data, report)  # type: ignore[arg-type]
     expected = _expected_counts(manifest)
     listed = {f["path"]: f for f in manifest["files"]}
     shards_total = sum(s["samples"] for s in manifest["shards"])
@@ -169,13 +190,39 @@ def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = Non
             if got is not None and path in expected and got != expected[path]:
                 report.problems.append(Problem(path, "sample count differs from the manifest", expected[path], got))
             if path == layout.IDS and ledger is not None:
-                _check_ledger(ledger, name, local, report)
+                _check_ledger(ledger, row, local, report)
+                if row is not None:
+                    _check_members(ledger, row, local, report)
             local.unlink()
     for info in store.list(layout.prefix(name)):
         rel = info.key[len(layout.prefix(name)):]
-        if rel not in listed and rel != layout.MANIFEST:
+        if layout.is_pending_patch(rel):
+            report.problems.append(Problem(rel, "left by an unfinished takedown patch: process the takedown again to finish it"))
+        elif rel not in listed and rel != layout.MANIFEST:
             report.problems.append(Problem(rel, "in the release's folder but not in the manifest"))
     return report
+
+
+def _check_withdrawn(store: ObjectStore, name: str, row: dict[str, Any], report: VerifyReport) -> VerifyReport:
+    report.withdrawn, report.exists, report.ledger_checked, report.version = True, False, True, int(row["version"])
+    for info in store.list(layout.prefix(name)):
+        rel = info.key[len(layout.prefix(name)):]
+        report.problems.append(Problem(rel, f"left behind by the withdrawal: run `taisu-etl release withdraw {name}` again"))
+    return report
+
+
+def _check_version(ledger: Ledger, row: dict[str, Any], data: bytes, report: VerifyReport) -> None:
+    """The manifest must be the version the ledger recorded last, byte for byte."""
+    if int(row["version"]) != report.version:
+        report.problems.append(Problem(layout.MANIFEST, "version differs from the ledger's", row["version"], report.version))
+        return
+    recorded = {v["version"]: v for v in records.versions(ledger.engine, row["id"])}.get(report.version)
+    digest = hashlib.sha256(data).hexdigest()
+    if recorded is None:
+        report.problems.append(Problem(layout.MANIFEST, f"version {report.version} is not recorded in the ledger (release_version)"))
+    elif recorded["manifest_sha256"] and recorded["manifest_sha256"] != digest:  # '' = published before versions were recorded
+        report.problems.append(Problem(layout.MANIFEST, f"sha256 differs from the ledger's record of version {report.version}",
+                                       recorded["manifest_sha256"], digest))
 
 
 def _check_sums(local: Path, listed: dict[str, dict[str, Any]], report: VerifyReport) -> None:
@@ -190,10 +237,46 @@ def _check_sums(local: Path, listed: dict[str, dict[str, Any]], report: VerifyRe
             report.problems.append(Problem(layout.SHA256SUMS, f"entry for {path} differs from the manifest", entry["sha256"], seen.get(path)))
 
 
-def _check_ledger(ledger: Ledger, name: str, ids_file: Path, report: VerifyReport) -> None:
+def _check_members(ledger: Ledger, row: dict[str, Any], ids_file: Path, report: VerifyReport) -> None:
+    """The ledger's current members and ids.txt must be the same ids, as many as the manifest says."""
+    members = 0
+
+    def current() -> Iterator[str]:
+        nonlocal members
+        for member in records.iter_current(ledger.engine, row["id"]):
+            members += 1
+            yield member["url_id"]
+
+    missing: list[str] = []
+    extra: list[str] = []
+    counts = {"-": 0, "+": 0}
+    try:
+        with open(ids_file, "rb") as ids:
+            for sign, sid in merge_diff(current(), ids, old_name="the ledger's members", new_name=layout.IDS):
+                counts[sign] += 1
+                examples = missing if sign == "-" else extra
+                if len(examples) < _EXAMPLES:
+                    examples.append(sid)
+    except ReleaseError as exc:
+        report.problems.append(Problem(layout.IDS, f"cannot be compared with the ledger's members ({exc})"))
+        return
+    if members == 0:
+        report.problems.append(Problem(layout.IDS, "the ledger records no current member of the release (release_member)", report.samples, 0))
+    elif members != report.samples:
+        report.problems.append(Problem(layout.IDS, "the ledger's current members differ in number from the manifest", report.samples, members))
+
+    def named(n: int, ids: list[str]) -> str:
+        return ", ".join(ids) + (f" and {n - len(ids):,} more" if n > len(ids) else "")
+
+    if counts["-"]:
+        report.problems.append(Problem(layout.IDS, f"{counts['-']:,} current members in the ledger are missing from it: {named(counts['-'], missing)}"))
+    if counts["+"]:
+        report.problems.append(Problem(layout.IDS, f"{counts['+']:,} ids in it are not current members in the ledger: {named(counts['+'], extra)}"))
+
+
+def _check_ledger(ledger: Ledger, row: dict[str, Any] | None, ids_file: Path, report: VerifyReport) -> None:
     """No member may be taken down or blocklisted now: names each one that is."""
     report.ledger_checked = True
-    row = records.get(ledger.engine, name)
     cols = [sample.c.id, sample.c.url_id, sample_state.c.state, blocked().label("blocked")]
     base = sa.select(*cols).join(sample_state, sample_state.c.sample_id == sample.c.id)
     if row is not None:

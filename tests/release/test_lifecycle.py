@@ -320,7 +320,7 @@ def test_cli_create_verify_diff_list(tmp_path: Path, monkeypatch: pytest.MonkeyP
     res = runner.invoke(release_app, ["diff", "c1", "c2", "--ids"])
     assert res.exit_code == 0 and f"-{sorted(seeded.eligible)[0]}" in res.output.split()
     res = runner.invoke(release_app, ["list"])
-    assert res.exit_code == 0 and re.search(r"c1\s+published", res.output) and re.search(r"c2\s+published\s+\d+\s+c1", res.output)
+    assert res.exit_code == 0 and re.search(r"c1\s+published\s+1\s", res.output) and re.search(r"c2\s+published\s+1\s+\d+\s+c1", res.output)
     # User errors are TaisuErrors, which `taisu-etl` prints as one `error:` line with exit status 2.
     for args, needle in ((["create", "c1"], "already published"), (["verify", "c9"], "does not exist"),
                          (["verify", "c1"], "failed verification"), (["create", "c3", "--formats", "zip"], "unknown release format")):
