@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from taisu_etl.config import Settings, load_settings
 from taisu_etl.errors import TaisuError
+
+if TYPE_CHECKING:
+    from taisu_etl.db.ledger import Ledger
 
 app = typer.Typer(
     help="taisu-etl: build Chinese image-text datasets the way TaiSu was built, tracked sample by sample.",
@@ -40,12 +43,14 @@ def _mount_subcommands() -> None:
     from taisu_etl.leases_cli import leases_app
     from taisu_etl.models.cli import models_app, tokenizer_app
     from taisu_etl.release.cli import release_app
+    from taisu_etl.takedown.cli import takedown_app
 
     app.add_typer(tokenizer_app, name="tokenizer")
     app.add_typer(models_app, name="models")
     app.add_typer(release_app, name="release")
     app.add_typer(leases_app, name="leases")
     app.add_typer(airflow_app, name="airflow")
+    app.add_typer(takedown_app, name="takedown")
 
 
 _mount_subcommands()
@@ -204,7 +209,8 @@ def score_cmd(
     _show_progress()
     settings = _settings(recipe)
     report = score_shard(open_ledger(settings), open_store(settings), settings.score, shard=shard,
-                         lease_seconds=settings.pipeline.lease_seconds, claim_wait_seconds=settings.pipeline.claim_wait_seconds)
+                         lease_seconds=settings.pipeline.lease_seconds, claim_wait_seconds=settings.pipeline.claim_wait_seconds,
+                         phash_distance=settings.image.phash_distance)
     typer.echo(report.summary())
 
 
@@ -335,6 +341,7 @@ def demo(
     ledger = open_ledger(settings)
     typer.echo("\nfunnel (how many samples each stage kept, and why the rest were dropped):")
     typer.echo(format_funnel(ledger.funnel(), ledger.reason_counts()))
+    _demo_takedown(settings, ledger, name, recipe_arg)
     if settings.db_url is None:
         typer.echo(f"\nask the ledger:   sqlite3 {settings.home / 'ledger.db'} 'SELECT * FROM v_rejections'")
     if settings.store == "local":
@@ -345,6 +352,25 @@ def demo(
     else:
         typer.echo(f"release:          s3://{settings.s3_bucket}/releases/{name}/  (dataset card: README.md there)")
     typer.echo(f"check it:         taisu-etl release verify {name}")
+
+
+def _demo_takedown(settings: Settings, ledger: Ledger, release: str, recipe_arg: str) -> None:
+    """The demo's last act: a rights holder asks to remove one image of the new release."""
+    from taisu_etl.airflow_local import run_dag
+    from taisu_etl.release import layout
+    from taisu_etl.services import open_store
+    from taisu_etl.takedown.audit import audit_trail, format_trail, list_requests
+
+    store = open_store(settings)
+    member = store.get(layout.key(release, layout.IDS)).decode().split("\n", 1)[0]
+    typer.echo(f"\nrunning the taisu_takedown DAG: a rights holder asks to remove sample {member} of release {release}; "
+               f"its log: {settings.home / 'airflow' / 'taisu_takedown.log'}")
+    conf = {"kind": "sample", "value": member, "requester": "demo rights holder", "reason": "copyright (demo)",
+            "reference": f"demo-{release}", "recipe": recipe_arg}
+    run_dag("taisu_takedown", conf, settings.home / "airflow")
+    request = next(r for r in list_requests(ledger) if r["value"] == member)
+    typer.echo("\ntakedown audit trail (taisu-etl takedown show " + str(request["id"]) + "):")
+    typer.echo(format_trail(audit_trail(ledger, request["id"])))
 
 
 def main() -> None:

@@ -206,7 +206,7 @@ def score(shard: int, recipe: str | None = None, context: Mapping[str, Any] | No
     with _opened(recipe) as (settings, ledger), _Progress(ledger, "score", shard, [State.IMAGE_OK]) as progress:
         report = score_shard(ledger, open_store(settings), settings.score, shard=shard,
                              ctx=_ctx(context, settings.recipe_version), lease_seconds=settings.pipeline.lease_seconds,
-                             claim_wait_seconds=settings.pipeline.claim_wait_seconds)
+                             claim_wait_seconds=settings.pipeline.claim_wait_seconds, phash_distance=settings.image.phash_distance)
         return _stage_done("score", shard, report, progress, report.seen)
 
 
@@ -393,6 +393,94 @@ def remove_orphan_objects(min_age_hours: float, dry_run: bool, recipe: str | Non
     result = _finish(report)
     result["keys"] = report.keys[:100]  # XCom stays small; the log has the summary
     return result
+
+
+def _form_image(kind: str | None, value: str) -> bytes | None:
+    if kind != "image":
+        return None
+    try:
+        return Path(value).read_bytes()
+    except OSError as exc:
+        raise InputError(value, f"cannot read the image file ({exc.strerror or exc}): give a path the workers can read") from None
+
+
+def takedown_file(params: Mapping[str, Any]) -> int | None:
+    """File the request the DAG's form describes (an `image` value is a file path on the worker).
+
+    None when the form names no request (a scheduled run) or asks for a dry run (nothing is filed).
+    """
+    from taisu_etl.takedown.requests import file_request
+
+    kind, value = params.get("kind"), (params.get("value") or "").strip()
+    if not kind and not value:
+        log.info("takedown: no request in the form; processing the queued ones")
+        return None
+    if params.get("dry_run"):
+        log.info("takedown: dry run: the request is previewed, not filed")
+        return None
+    if not kind or not value or not (params.get("requester") or "").strip():
+        raise ConfigError("a takedown request needs a selector kind, a value and a requester: fill all three in the form")
+    image = _form_image(kind, value)
+    with _opened(params.get("recipe")) as (settings, ledger):
+        rid = file_request(ledger, str(kind), Path(value).name if image is not None else value, requester=params["requester"],
+                           contact=params.get("contact"), reason=params.get("reason"), reference=params.get("reference"),
+                           channel="airflow", image=image, image_config=settings.image)
+    log.info("takedown request %d filed (%s %s)", rid, kind, value)
+    return rid
+
+
+def takedown_process(request_id: int | None, params: Mapping[str, Any], context: Mapping[str, Any] | None = None) -> list[int]:
+    """Process one request (or every open one): match, take down, delete, patch releases; returns the ids for `takedown_verify`.
+
+    With `dry_run` in `params`, only reports what the form's selector (or every open request) would remove.
+    """
+    from taisu_etl.services import open_store
+    from taisu_etl.takedown.process import preview_request, process_open, process_requests
+    from taisu_etl.takedown.requests import open_requests, parse_selector
+
+    dry_run, withdraw = bool(params.get("dry_run")), bool(params.get("withdraw"))
+    with _opened(params.get("recipe")) as (settings, ledger):
+        store = open_store(settings)
+        store.check()
+        ctx = _ctx(context, settings.recipe_version)
+        common = dict(max_distance=settings.image.phash_distance, withdraw=withdraw, progress=log.info)
+        if dry_run and params.get("kind"):
+            value = (params.get("value") or "").strip()
+            image = _form_image(params["kind"], value)
+            selector = parse_selector(params["kind"], Path(value).name if image is not None else value, image=image,
+                                      image_config=settings.image)
+            reports = [preview_request(ledger, store, selector, **common)]  # type: ignore[arg-type]
+        elif dry_run:
+            ids = [r["id"] for r in open_requests(ledger)]
+            reports = process_requests(ledger, store, ids, dry_run=True, ctx=ctx, **common) if ids else []  # type: ignore[arg-type]
+        elif request_id is not None:
+            reports = process_requests(ledger, store, [request_id], verify=False, ctx=ctx, **common)  # type: ignore[arg-type]
+        else:
+            reports = process_open(ledger, store, verify=False, ctx=ctx, **common)  # type: ignore[arg-type]
+    for report in reports:
+        log.info("%s", report.summary())
+    if not reports:
+        log.info("takedown: no open requests")
+    return [] if dry_run else [r.request_id for r in reports]
+
+
+def takedown_verify(request_ids: Sequence[int], recipe: str | None = None) -> dict[str, Any]:
+    """Stat every deleted key and version of the requests and record the result; fails when anything remains."""
+    from taisu_etl.services import open_store
+    from taisu_etl.takedown.errors import TakedownError
+    from taisu_etl.takedown.verification import verify_requests
+
+    if not request_ids:
+        log.info("takedown: nothing to verify")
+        return {"verified": [], "problems": {}}
+    with _opened(recipe) as (settings, ledger):
+        reports = verify_requests(ledger, open_store(settings), list(request_ids), progress=log.info)
+    for rid, report in reports.items():
+        log.info("request %d: %s", rid, report.summary())
+    bad = {rid: r.problems for rid, r in reports.items() if not r.ok}
+    if bad:
+        raise TakedownError(f"request(s) {', '.join(map(str, bad))} did not verify: {next(iter(bad.values()))[0]}")
+    return {"verified": sorted(reports), "problems": {}}
 
 
 def shards_in(states: str | list[str], recipe: str | None = None) -> list[int]:

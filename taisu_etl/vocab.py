@@ -19,7 +19,7 @@ class State(StrEnum):
     FETCH_FAILED = "fetch_failed"    # permanent fetch failure or opt-out (terminal)
     EXPIRED = "expired"              # URL is gone (404/410/NXDOMAIN) and no bytes are stored
     FETCHED = "fetched"              # image bytes stored; waiting for image checks
-    IMAGE_REJECTED = "image_rejected"  # failed size/aspect checks (terminal)
+    IMAGE_REJECTED = "image_rejected"  # failed size/aspect checks, or blocklisted (terminal)
     DUPLICATE = "duplicate"          # exact or near duplicate of an earlier sample (terminal)
     IMAGE_OK = "image_ok"            # passed image checks and dedup; waiting for scoring
     SCORE_REJECTED = "score_rejected"  # failed retrieval filtering (terminal)
@@ -90,7 +90,6 @@ REASONS: dict[str, tuple[Stage, str]] = {
     "too_many_redirects": (Stage.FETCH, "more redirects than allowed"),
     "robots_disallow": (Stage.FETCH, "robots.txt disallows the URL"),
     "noai_header": (Stage.FETCH, "X-Robots-Tag: noai / noimageai"),
-    "blocklisted": (Stage.FETCH, "on the takedown blocklist"),
     "retries_exhausted": (Stage.FETCH, "transient failures past the retry limit"),
     "bad_url": (Stage.FETCH, "the URL or a redirect target is not a fetchable http(s) URL"),
     "host_backoff": (Stage.FETCH, "not attempted: the host is backing off (429/503 or failures)"),
@@ -111,7 +110,15 @@ REASONS: dict[str, tuple[Stage, str]] = {
     "url_changed": (Stage.RECHECK, "the URL serves different bytes now; recorded as a new candidate"),
     # takedown
     "takedown": (Stage.TAKEDOWN, "removed on a rights holder's request"),
+    # Shared by every stage that admits samples (see INGEST_ALSO): ingest records the row as an
+    # ingest issue and creates no sample; fetch ends it fetch_failed, image checks image_rejected,
+    # scoring score_rejected. Its event details say what matched ("by": url | host | sha256 | phash).
+    "blocklisted": (Stage.TAKEDOWN, "on the takedown blocklist (URL, host, sha256 or a perceptual hash within the dedup distance)"),
 }
+
+
+# Codes of other stages that ingest also records for a refused row.
+INGEST_ALSO: frozenset[str] = frozenset({"blocklisted"})
 
 
 def check_reason(code: str) -> str:

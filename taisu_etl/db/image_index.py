@@ -17,7 +17,11 @@ KEEPER_STATES = (State.FETCHED, State.IMAGE_OK, State.SCORE_REJECTED, State.ACCE
 
 
 def blocklist_values(ledger: Ledger, kind: str) -> set[str]:
-    """Every blocklisted value of one kind (url | sha256 | phash); small, loaded once per task."""
+    """Every blocklisted value of one kind (url | sha256 | phash | host).
+
+    For reports and tools: a stage must not load this once and keep it for a whole task (a
+    takedown during the task would not count); it checks per batch with `taisu_etl.takedown.guard`.
+    """
     with ledger.engine.connect() as conn:
         return set(conn.execute(sa.select(blocklist.c.value).where(blocklist.c.kind == kind)).scalars())
 

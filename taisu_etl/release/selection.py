@@ -1,7 +1,7 @@
 """Which samples a release holds, streamed from the ledger in public-id order.
 
 Eligible: state `accepted` or `captioned` (so `taken_down` is out by construction), with no URL,
-sha256 or perceptual hash on the blocklist, then the release's own filters. Rows come in pages by
+host, sha256 or perceptual hash on the blocklist, then the release's own filters. Rows come in pages by
 keyset on `url_id` (one short query each, never a long transaction: on SQLite a held transaction
 would lock the writers out), so memory stays flat however large the ledger is.
 
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from taisu_etl.db.schema import blocklist, sample, sample_state
 from taisu_etl.release.options import ReleaseOptions
+from taisu_etl.takedown.guard import host_blocked_sql
 from taisu_etl.vocab import State
 
 ELIGIBLE_STATES = (State.ACCEPTED.value, State.CAPTIONED.value)
@@ -40,13 +41,16 @@ class SelectionStats:
 
 
 def blocked(s: sa.Table = sample) -> sa.ColumnElement[bool]:
-    """True for a sample whose URL, sha256 or perceptual hash is on the takedown blocklist."""
+    """True for a sample whose URL, sha256 or perceptual hash is on the takedown blocklist, or whose
+    URL's host (or a domain above it) is: the first three are unique-index probes, the host test
+    looks at the few `host` entries only (see `taisu_etl.takedown.guard.host_blocked_sql`)."""
     b = blocklist.c
     return sa.or_(
         *[
             sa.exists().where(b.kind == kind, b.value == column)
             for kind, column in (("url", s.c.url), ("sha256", s.c.sha256), ("phash", s.c.phash))
-        ]
+        ],
+        host_blocked_sql(s.c.url),
     )
 
 

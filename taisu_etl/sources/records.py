@@ -19,9 +19,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from taisu_etl.vocab import REASONS, Stage
+from taisu_etl.vocab import INGEST_ALSO, REASONS, Stage
 
-INGEST_REASONS = frozenset(code for code, (stage, _) in REASONS.items() if stage is Stage.INGEST and code != "ingested")
+INGEST_REASONS = frozenset(code for code, (stage, _) in REASONS.items() if stage is Stage.INGEST and code != "ingested") | INGEST_ALSO
 
 
 def _where(origin: str, position: str, line: int | None) -> str:

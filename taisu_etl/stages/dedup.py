@@ -9,6 +9,11 @@ result does not depend on which shard ran first. Run it after every fetch task o
 
 Samples whose bytes came from an archive (TaiSu's release) were never decoded: they are decoded,
 checked and re-encoded here, exactly as fetched images are.
+
+A blocklisted image (URL, host, sha256, or a perceptual hash within the distance) is never
+promoted: it becomes `image_rejected` with reason `blocklisted`, checked before anything is stored
+and again just before the ledger write, and `sweep_after_move` then deletes the stored image of
+every sample of the batch that is blocklisted or was taken down meanwhile.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.images import DecodePool, DecodeResult, ImageConfig, ImageRejection, normalise_image
 from taisu_etl.images.dedup import hamming, phash_bands
 from taisu_etl.storage import ObjectStore
+from taisu_etl.takedown import guard
 from taisu_etl.vocab import Stage, State
 
-_COLUMNS = ("id", "sha256", "phash", "width", "object_key")
+_COLUMNS = ("id", "url", "sha256", "phash", "width", "object_key")
 
 
 @dataclass
@@ -118,18 +124,31 @@ def dedup_shard(
     return report
 
 
+def _blocklisted(sample_id: int, why: str) -> Outcome:
+    return Outcome(sample_id, State.IMAGE_REJECTED, "blocklisted", {"by": why})
+
+
 def _dedup_batch(
     ledger: Ledger, store: ObjectStore, image: ImageConfig, thumbs: _Thumbnails, rows: list[dict[str, Any]],
     decoded: dict[int, DecodeResult], bands_n: int, ctx: RunContext | None,
 ) -> dict[str, int]:
+    distance = image.phash_distance
     outcomes: list[Outcome] = []
     ready: list[dict[str, Any]] = []
+    # Archived images are checked on their normalised hashes, before their new bytes are stored.
+    normalised = [{"id": sid, "sha256": d.sha256, "phash": d.phash} for sid, d in decoded.items() if not isinstance(d, ImageRejection)]
+    refused = {**guard.blocked_images(ledger, normalised, max_distance=distance), **guard.blocked_samples(ledger, rows, max_distance=distance)}
+    stored: dict[int, list[str]] = {}
     for row in rows:
+        if row["id"] in refused:
+            outcomes.append(_blocklisted(row["id"], refused[row["id"]]))
+            continue
         if row["id"] in decoded:
             result = _normalised_archived(row, decoded[row["id"]], store)
             if isinstance(result, Outcome):
                 outcomes.append(result)
                 continue
+            stored[row["id"]] = [result["object_key"]]
             add_bands(ledger, [(row["id"], phash_bands(result["phash"], bands_n))])
             row = result
         ready.append(row)
@@ -153,4 +172,9 @@ def _dedup_batch(
                                     {**updates, "duplicate_of": cid}))
             continue
         outcomes.append(Outcome(row["id"], State.IMAGE_OK, "ok", None, updates))
-    return ledger.apply(outcomes, from_state=State.FETCHED, stage=Stage.IMAGE, ctx=ctx)
+    # Once more just before the write: the blocklist may have grown while this batch was decided.
+    late = guard.blocked_samples(ledger, ready, max_distance=distance)
+    outcomes = [_blocklisted(o.sample_id, late[o.sample_id]) if o.sample_id in late else o for o in outcomes]
+    counts = ledger.apply(outcomes, from_state=State.FETCHED, stage=Stage.IMAGE, ctx=ctx)
+    guard.sweep_after_move(ledger, store, [r["id"] for r in rows], stored=stored, max_distance=distance)
+    return counts

@@ -3,7 +3,13 @@
 Per shard, streaming: a claimer leases batches of samples, `concurrency` workers fetch them through
 the guarded `Fetcher`, images are decoded and re-encoded in a process pool (size checks run on the
 header, before decoding), checked against the blocklist, stored under their sha256, and every
-outcome is written to the ledger in batches, one event per sample:
+outcome is written to the ledger in batches, one event per sample.
+
+The blocklist is read again for every claimed batch (URL and host before any request; sha256
+and perceptual hash after decoding, before the upload) and once more just before each ledger
+write; after the write, `sweep_after_move` deletes an image stored for a sample that a takedown
+reached meanwhile, so a takedown that lands mid-flight wins (see `taisu_etl.takedown.guard`).
+
 
 - `fetched`       stored (object key, sha256, perceptual hash, sizes, HTTP details)
 - `expired`       404 / 410 / NXDOMAIN: the URL is gone
@@ -28,14 +34,15 @@ import sqlalchemy as sa
 
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.domains import load_host_states, save_host_states
-from taisu_etl.db.image_index import add_bands, blocklist_values
+from taisu_etl.db.image_index import add_bands
 from taisu_etl.db.leases import LeaseConflict, StageLease
 from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.fetch import Fetcher, FetchResult
 from taisu_etl.fetch.settings import FetchSettings
 from taisu_etl.images import DecodePool, ImageConfig, ImageRejection, NormalisedImage, normalise_image
-from taisu_etl.images.dedup import NearDuplicateIndex, phash_bands
+from taisu_etl.images.dedup import phash_bands
 from taisu_etl.storage import ObjectStore
+from taisu_etl.takedown import guard
 from taisu_etl.urls import normalise_url
 from taisu_etl.vocab import Stage, State
 
@@ -64,20 +71,6 @@ class FetchReport:
     def as_dict(self) -> dict[str, Any]:
         return {"shard": self.shard, "claimed": self.claimed, "reasons": dict(self.reasons), "states": dict(self.states),
                 "bytes_stored": self.bytes_stored, "seconds": round(self.seconds, 3)}
-
-
-@dataclass
-class _Blocklist:
-    urls: set[str]
-    sha256: set[str]
-    phash: NearDuplicateIndex[str]
-
-    @classmethod
-    def load(cls, ledger: Ledger, max_distance: int) -> "_Blocklist":
-        index: NearDuplicateIndex[str] = NearDuplicateIndex(max_distance)
-        for value in blocklist_values(ledger, "phash"):
-            index.add(value, value)
-        return cls(blocklist_values(ledger, "url"), blocklist_values(ledger, "sha256"), index)
 
 
 _PG_ADD_BANDS = sa.text(
@@ -110,14 +103,38 @@ def _add_bands(ledger: Ledger, rows: list[tuple[int, list[str]]]) -> None:
         ledger.transaction(lambda conn: conn.execute(_PG_ADD_BANDS, params))  # re-run on a lost connection: a no-op for rows already in
 
 
-def _write_batch(ledger: Ledger, bands: list[tuple[int, list[str]]], due: dict[State, list[Outcome]], *,
-                 lease: StageLease, ctx: RunContext | None) -> None:
-    """One batch of the stage's ledger writes, in one worker thread: bands first, then the moves
-    (a sample becomes a duplicate-detection candidate only once it is `fetched`)."""
+def _refused_late(outcome: Outcome, why: str) -> Outcome:
+    """A `fetched` outcome turned into a blocklist refusal: the blocklist grew while it was fetched."""
+    kept = {k: outcome.updates[k] for k in ("attempts", "http_status", "fetched_at") if k in outcome.updates}
+    return Outcome(outcome.sample_id, State.FETCH_FAILED, "blocklisted", {**(outcome.details or {}), "by": why}, kept)
+
+
+def _write_batch(ledger: Ledger, store: ObjectStore, bands: list[tuple[int, list[str]]], due: dict[State, list[Outcome]],
+                 urls: dict[int, str], *, lease: StageLease, ctx: RunContext | None, max_distance: int) -> tuple[set[int], list[str]]:
+    """One batch of the stage's ledger writes, in one worker thread: a last blocklist check, bands,
+    the moves (a sample becomes a duplicate-detection candidate only once it is `fetched`), then the
+    sweep. Returns (samples refused by the last check, image keys the sweep deleted)."""
+    stored = {o.sample_id: [o.updates["object_key"]] for outcomes in due.values() for o in outcomes if "object_key" in o.updates}
+    fetched = [{"id": o.sample_id, "url": urls.get(o.sample_id), "sha256": o.updates.get("sha256"), "phash": o.updates.get("phash")}
+               for outcomes in due.values() for o in outcomes if o.to_state == State.FETCHED]
+    late = guard.blocked_samples(ledger, fetched, max_distance=max_distance) if fetched else {}
+    if late:
+        due = {state: [_refused_late(o, late[o.sample_id]) if o.sample_id in late and o.to_state == State.FETCHED else o for o in outcomes]
+               for state, outcomes in due.items()}
+        bands = [(sid, parts) for sid, parts in bands if sid not in late]
     if bands:
         _add_bands(ledger, bands)
     for state, outcomes in due.items():
         lease.apply(outcomes, from_state=state, ctx=ctx)
+    deleted = guard.sweep_after_move(ledger, store, stored, stored=stored, max_distance=max_distance) if stored else []
+    return set(late), deleted
+
+
+def _recount(counts: Counter[str], old: str, new: str, n: int) -> None:
+    counts[old] -= n
+    if counts[old] <= 0:
+        del counts[old]
+    counts[new] += n
 
 
 def _failure(row: dict[str, Any], res: FetchResult, settings: FetchSettings, now: datetime) -> Outcome:
@@ -149,11 +166,12 @@ class _ShardFetch:
         self.pending: dict[State, list[Outcome]] = {State.TEXT_OK: [], State.FETCH_RETRY: []}
         self.bands: list[tuple[int, list[str]]] = []
         self.stored: dict[str, tuple[str, int]] = {}  # sha256 -> (key, size) stored by this run
+        self.urls: dict[int, str] = {}  # sample id -> URL, from its claim until its outcome is written
+        self.images: guard.ImageBlocklist | None = None  # refreshed for every claimed batch
         self.write_lock = asyncio.Lock()
 
     async def run(self) -> FetchReport:
         started = time.perf_counter()
-        self.blocked = await asyncio.to_thread(_Blocklist.load, self.ledger, self.image.phash_distance)
         queue: asyncio.Queue[tuple[State, dict[str, Any]] | None] = asyncio.Queue(maxsize=2 * self.settings.batch_size)
         decode = functools.partial(normalise_image, apply_checks=True)
         # Uploads get their own connections, as many as requests in flight (up to 64), so they
@@ -185,12 +203,19 @@ class _ShardFetch:
             try:
                 while rows := await asyncio.to_thread(self.lease.claim, state, limit=self.settings.batch_size, columns=_COLUMNS):
                     self.report.claimed += len(rows)
+                    # The blocklist as it is now, for this batch: a takedown during a long task counts.
+                    blocked, self.images = await asyncio.to_thread(self._blocklist_for, rows)
                     for row in rows:
+                        row["blocked"] = blocked.get(row["id"])
+                        self.urls[row["id"]] = row["url"]
                         await queue.put((state, row))
             except LeaseConflict as conflict:
                 held.append(conflict)
         if held:
             raise LeaseConflict.combine(held)
+
+    def _blocklist_for(self, rows: list[dict[str, Any]]) -> tuple[dict[int, str], guard.ImageBlocklist]:
+        return guard.blocked_by_url(self.ledger, rows), guard.image_blocklist(self.ledger, self.image.phash_distance)
 
     async def _worker(self, queue: asyncio.Queue[tuple[State, dict[str, Any]] | None]) -> None:
         while (item := await queue.get()) is not None:
@@ -210,8 +235,8 @@ class _ShardFetch:
     async def _one(self, row: dict[str, Any]) -> Outcome:
         sid, url = row["id"], row["url"]
         now = datetime.now(timezone.utc)
-        if url in self.blocked.urls:
-            return Outcome(sid, State.FETCH_FAILED, "blocklisted", {"by": "url"}, {"attempts": row["attempts"]})
+        if row.get("blocked"):
+            return Outcome(sid, State.FETCH_FAILED, "blocklisted", {"by": row["blocked"]}, {"attempts": row["attempts"]})
         res = await self.fetcher.fetch(url)
         if not res.ok:
             return _failure(row, res, self.settings, now)
@@ -223,8 +248,9 @@ class _ShardFetch:
             to = State.IMAGE_REJECTED if decoded.reason in _IMAGE_CHECK_REASONS else State.FETCH_FAILED
             return Outcome(sid, to, decoded.reason, {**details, "image": decoded.detail}, base)
         assert isinstance(decoded, NormalisedImage)
-        if decoded.sha256 in self.blocked.sha256 or self.blocked.phash.query(decoded.phash):
-            return Outcome(sid, State.FETCH_FAILED, "blocklisted", {**details, "by": "sha256/phash"}, base)
+        assert self.images is not None
+        if why := self.images.match(decoded.sha256, decoded.phash):
+            return Outcome(sid, State.FETCH_FAILED, "blocklisted", {**details, "by": why}, base)
         if res.final_url != url:
             try:
                 details["final_url"] = normalise_url(res.final_url)
@@ -253,7 +279,16 @@ class _ShardFetch:
                 self.pending[state] = []  # workers append to a fresh list while this batch is written
             bands, self.bands = self.bands, []
             if bands or due:
-                await asyncio.to_thread(_write_batch, self.ledger, bands, due, lease=self.lease, ctx=self.ctx)
+                urls = {o.sample_id: self.urls.pop(o.sample_id, "") for outcomes in due.values() for o in outcomes}
+                late, deleted = await asyncio.to_thread(_write_batch, self.ledger, self.store, bands, due, urls, lease=self.lease,
+                                                        ctx=self.ctx, max_distance=self.image.phash_distance)
+                if late:
+                    _recount(self.report.states, State.FETCHED.value, State.FETCH_FAILED.value, len(late))
+                    _recount(self.report.reasons, "ok", "blocklisted", len(late))
+                if deleted:
+                    # Not to be reused by a later sample of this run: the object is gone.
+                    gone = set(deleted)
+                    self.stored = {sha: kept for sha, kept in self.stored.items() if kept[0] not in gone}
 
 
 def fetch_shard(

@@ -1,7 +1,9 @@
 """Ingest: URL/caption lists become `sample` rows (state `ingested`), bad rows are counted.
 
 Reading streams and writes in batches, so memory stays flat whatever the file size. Re-ingesting
-a file adds nothing: pairs collapse on their normalised URL and caption.
+a file adds nothing: pairs collapse on their normalised URL and caption. A row whose URL or host
+is on the takedown blocklist is refused like a bad row (reason `blocklisted`, with its file and
+line): a taken-down image never comes back through a new list.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.ledger import AddResult, Ledger, NewSample
 from taisu_etl.sources import BadRow, SourceRow, SourceStats, read_source, read_taisu
 from taisu_etl.sources.taisu import image_kind
 from taisu_etl.storage import ObjectStore
+from taisu_etl.takedown.guard import blocked_by_url
 from taisu_etl.urls import taisu_slice_id
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 # Recorded as the model of TaiSu's shipped generated captions, so they are never confused with ours.
 TAISU_GENERATED_MODEL = "taisu-release"
 _EXT = {"jpeg": "jpg", "png": "png", "webp": "webp", "gif": "gif"}
+_BLOCKLIST_BATCH = 1000  # rows looked up in the blocklist per query
 
 
 @dataclass
@@ -64,6 +68,28 @@ class _IssueSink:
             self.pending = []
 
 
+def _refuse_blocklisted(ledger: Ledger, records: Iterable[SourceRow | BadRow], batch: int = _BLOCKLIST_BATCH) -> Iterator[SourceRow | BadRow]:
+    """The records in order, each row whose URL or host is blocklisted turned into a bad row; one query per batch."""
+
+    def checked(pending: list[SourceRow | BadRow]) -> Iterator[SourceRow | BadRow]:
+        rows = [{"id": i, "url": r.normalised_url} for i, r in enumerate(pending) if isinstance(r, SourceRow) and r.normalised_url]
+        refused = blocked_by_url(ledger, rows) if rows else {}
+        for i, rec in enumerate(pending):
+            if i in refused:
+                assert isinstance(rec, SourceRow)
+                yield BadRow(rec.origin, rec.position, "blocklisted", f"{refused[i]} on the takedown blocklist: {rec.normalised_url}", rec.line)
+            else:
+                yield rec
+
+    pending: list[SourceRow | BadRow] = []
+    for rec in records:
+        pending.append(rec)
+        if len(pending) >= batch:
+            yield from checked(pending)
+            pending = []
+    yield from checked(pending)
+
+
 def _samples(records: Iterator[SourceRow | BadRow], source: str, issues: _IssueSink) -> Iterator[NewSample]:
     for rec in records:
         if isinstance(rec, BadRow):
@@ -87,7 +113,7 @@ def ingest_file(
     """Stream one URL-list file (CSV/TSV/JSONL/Parquet) into the ledger."""
     report = IngestReport(path=str(path))
     started = time.perf_counter()
-    records = report.stats.track(read_source(path, fmt=fmt, **reader_options))
+    records = report.stats.track(_refuse_blocklisted(ledger, read_source(path, fmt=fmt, **reader_options)))
 
     def with_progress(rows: Iterator[NewSample]) -> Iterator[NewSample]:
         for n, row in enumerate(rows, 1):
@@ -116,7 +142,8 @@ def ingest_taisu(
     report = IngestReport(path=", ".join(str(a) for a in archives))
     started = time.perf_counter()
     issues = _IssueSink(ledger, ctx)
-    records = report.stats.track(read_taisu(list(archives), list(captions), index_dir=index_dir))
+    records = report.stats.track(_refuse_blocklisted(ledger, read_taisu(list(archives), list(captions), index_dir=index_dir),
+                                                        batch=_BLOCKLIST_BATCH // 5))  # rows hold their images
 
     def samples() -> Iterator[NewSample]:
         for rec in records:

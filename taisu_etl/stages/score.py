@@ -7,6 +7,12 @@ rule shuffles the chunk into groups of `group_size` with a recorded seed and kee
 image ranks its own caption first among the group's captions, or whose caption ranks its own
 image first; the quantile rule drops the lowest-scoring share of the chunk. Each event records
 the rule, its parameters and the pair's ranks, so "why was this pair dropped?" has an answer.
+
+A blocklisted sample (URL, host, sha256, perceptual hash) is never accepted: it is refused
+(`score_rejected`, reason `blocklisted`) before the model sees it, or, if the blocklist grew while
+the model ran, just before the ledger write. After the write, the chunk's embeddings file loses
+the vectors of every sample that is blocklisted or was taken down meanwhile, and the stored
+images of those samples are deleted (`taisu_etl.takedown.guard`).
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import numpy as np
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.leases import LeaseConflict, StageLease
 from taisu_etl.db.ledger import Ledger, Outcome
+from taisu_etl.images.dedup import DEFAULT_DISTANCE
 from taisu_etl.stages.image_batches import ImageBatches
 from taisu_etl.stages.model_config import ScoreConfig
 from taisu_etl.storage import ObjectStore
+from taisu_etl.takedown import guard
 from taisu_etl.vocab import Stage, State
 
 if TYPE_CHECKING:
@@ -34,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_COLUMNS = ("id", "object_key", "caption", "caption_clean")
+_COLUMNS = ("id", "object_key", "caption", "caption_clean", "url", "sha256", "phash")
 
 
 @dataclass
@@ -101,12 +109,14 @@ def decide(config: ScoreConfig, image_emb: np.ndarray, text_emb: np.ndarray) -> 
 def score_shard(
     ledger: Ledger, store: ObjectStore, config: ScoreConfig, *, shard: int | None = None, ctx: RunContext | None = None,
     scorer: "ClipScorer | None" = None, lease_seconds: int = 120, claim_wait_seconds: float | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[str], None] | None = None, phash_distance: int = DEFAULT_DISTANCE,
 ) -> ScoreReport:
     """Score and decide every `image_ok` sample of `shard` (every shard, one by one, when None).
 
     Samples another process holds are waited for (up to `claim_wait_seconds`, default
     lease_seconds + 30) or taken from an owner that is provably dead; see `StageLease`.
+    `phash_distance`: the recipe's near-duplicate distance (image.phash_distance), which the
+    blocklist's perceptual hashes are matched within.
     """
     if scorer is None:
         from taisu_etl.models import ClipScorer
@@ -118,7 +128,7 @@ def score_shard(
         for one in ledger.shards_with(State.IMAGE_OK):
             try:
                 total.merge(score_shard(ledger, store, config, shard=one, ctx=ctx, scorer=scorer, lease_seconds=lease_seconds,
-                                        claim_wait_seconds=claim_wait_seconds, progress=progress))
+                                        claim_wait_seconds=claim_wait_seconds, progress=progress, phash_distance=phash_distance))
             except LeaseConflict as conflict:
                 held.append(conflict)
         if held:
@@ -131,18 +141,33 @@ def score_shard(
             ImageBatches(store, [scorer.preprocess], batch_size=config.batch_size, workers=config.workers,
                          prefetch=config.prefetch_batches, draft=scorer.image_size) as batches:
         while rows := lease.claim(State.IMAGE_OK, limit=config.chunk_size, columns=_COLUMNS):
-            outcomes = _score_chunk(store, config, scorer, batches, rows, shard, report)
+            refused = guard.blocked_samples(ledger, rows, max_distance=phash_distance)
+            outcomes = [_blocklisted(sid, why) for sid, why in refused.items()]
+            scored, written = _score_chunk(store, config, scorer, batches, [r for r in rows if r["id"] not in refused], shard, report)
+            # Once more just before the write: the blocklist may have grown while the model ran.
+            late = guard.blocked_samples(ledger, [r for r in rows if r["id"] not in refused], max_distance=phash_distance)
+            outcomes += [_blocklisted(o.sample_id, late[o.sample_id]) if o.sample_id in late else o for o in scored]
             report.reasons.update(lease.apply(outcomes, from_state=State.IMAGE_OK, ctx=ctx))
+            # A takedown that landed after those checks: its samples are not moved (the move is
+            # guarded by state), and what this chunk left of them goes now.
+            guard.sweep_after_move(ledger, store, [r["id"] for r in rows], max_distance=phash_distance)
+            if written is not None:
+                guard.strip_embeddings(ledger, store, written[0], written[1], max_distance=phash_distance)
             report.seen += len(rows)
             say(f"score shard {shard}: {report.seen:,} pairs, {report.kept:,} accepted")
     report.seconds = time.perf_counter() - started
     return report
 
 
+def _blocklisted(sample_id: int, why: str) -> Outcome:
+    return Outcome(sample_id, State.SCORE_REJECTED, "blocklisted", {"by": why})
+
+
 def _score_chunk(
     store: ObjectStore, config: ScoreConfig, scorer: "ClipScorer", batches: ImageBatches, rows: list[dict[str, Any]],
     shard: int | None, report: ScoreReport,
-) -> list[Outcome]:
+) -> tuple[list[Outcome], tuple[str, list[int]] | None]:
+    """The chunk's decisions, and the embeddings file written (its key and the ids in it), if any."""
     import torch
 
     outcomes: list[Outcome] = []
@@ -160,7 +185,7 @@ def _score_chunk(
         report.model_seconds += time.perf_counter() - t0
         done.extend(batch.rows)
     if not done:
-        return outcomes
+        return outcomes, None
     image_emb, text_emb = np.concatenate(image_parts), np.concatenate(text_parts)
     scores, keep, details = decide(config, image_emb, text_emb)
     reject_reason = "retrieval_miss" if config.rule == "taisu" else "low_score"
@@ -172,9 +197,11 @@ def _score_chunk(
             outcomes.append(Outcome(row["id"], State.ACCEPTED, "ok", det, updates))
         else:
             outcomes.append(Outcome(row["id"], State.SCORE_REJECTED, reject_reason, det, updates))
-    if config.store_embeddings:
-        buf = io.BytesIO()
-        np.savez(buf, ids=np.array([r["id"] for r in done], dtype=np.int64),
-                 image=image_emb.astype(np.float16), text=text_emb.astype(np.float16))
-        store.put(embeddings_key(scorer.model_id, shard, first_id, done[-1]["id"]), buf.getvalue(), content_type="application/octet-stream")
-    return outcomes
+    if not config.store_embeddings:
+        return outcomes, None
+    ids = [r["id"] for r in done]
+    buf = io.BytesIO()
+    np.savez(buf, ids=np.array(ids, dtype=np.int64), image=image_emb.astype(np.float16), text=text_emb.astype(np.float16))
+    key = embeddings_key(scorer.model_id, shard, first_id, done[-1]["id"])
+    store.put(key, buf.getvalue(), content_type="application/octet-stream")
+    return outcomes, (key, ids)

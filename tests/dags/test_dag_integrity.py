@@ -126,7 +126,7 @@ for task in dag.tasks:
 print("RESULT " + json.dumps(out))
 """
 
-DAG_IDS = ["taisu_maintenance", "taisu_pipeline", "taisu_recheck", "taisu_release"]
+DAG_IDS = ["taisu_maintenance", "taisu_pipeline", "taisu_recheck", "taisu_release", "taisu_takedown"]
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +179,10 @@ def test_params_that_users_leave_empty(parsed: dict[str, Any]) -> None:
     assert maintenance["dry_run"]["types"] == ["boolean"] and maintenance["dry_run"]["default"] is False
     assert maintenance["dry_run"]["title"].lower().startswith("dry run")
     assert maintenance["min_age_hours"]["default"] >= 1
+    takedown = dags["taisu_takedown"]["params"]
+    for name in ("kind", "value", "requester", "contact", "reason", "reference"):
+        assert takedown[name]["default"] is None and takedown[name]["accepts_none"], name
+    assert takedown["dry_run"]["default"] is False and takedown["withdraw"]["default"] is False
 
 
 def test_schedules_and_the_asset_that_chains_pipeline_to_release(parsed: dict[str, Any]) -> None:
@@ -188,6 +192,7 @@ def test_schedules_and_the_asset_that_chains_pipeline_to_release(parsed: dict[st
     assert dags["taisu_release"]["schedule"] == [RELEASABLE_SAMPLES_URI]
     assert dags["taisu_recheck"]["schedule"] == "@weekly"
     assert dags["taisu_maintenance"]["schedule"] == "@daily"
+    assert dags["taisu_takedown"]["schedule"] == "@hourly"
 
 
 def test_mapped_tasks_are_labelled_from_their_own_argument(parsed: dict[str, Any]) -> None:

@@ -141,4 +141,27 @@ def test_pipeline_dag_runs_end_to_end_on_embedded_defaults(tmp_path: Path, monke
         keys = [k for (k,) in conn.execute(sa.text("SELECT object_key FROM sample WHERE object_key IS NOT NULL"))]
     assert keys and all(store.exists(k) for k in keys)
     assert verify_release(store, "t1", ledger=ledger).ok and verify_release(store, named, ledger=ledger).ok
+
+    # Takedown from the trigger form: one sample of both releases goes from the store, from both
+    # releases (version 2 of each) and onto the blocklist; the run verifies it and says so.
+    member = store.get("releases/t1/ids.txt").decode().split()[0]
+    run_dag("taisu_takedown", {"kind": "sample", "value": member, "requester": "Rights Co", "reference": "mail-1"}, home, quiet=True)
+    states = _task_states(home, "taisu_takedown")
+    assert {t: s for (t, _), (s, _) in states.items()} == {"file_request": "success", "process": "success", "verify": "success"}
+    with ledger.engine.connect() as conn:
+        status, channel = conn.execute(sa.text("SELECT status, channel FROM takedown_request")).one()
+        versions = dict(conn.execute(sa.text("SELECT name, version FROM release")).all())
+        key = conn.execute(sa.text("SELECT object_key FROM sample WHERE url_id = :u"), {"u": member}).scalar_one()
+    assert (status, channel) == ("verified", "airflow") and versions == {"t1": 2, named: 2} and not store.exists(key)
+    assert member not in store.get("releases/t1/ids.txt").decode() and member in store.get("releases/t1/removed.txt").decode()
+    assert verify_release(store, "t1", ledger=ledger).ok and verify_release(store, named, ledger=ledger).ok
+    # The scheduled run (empty form) processes what was queued from the command line, and has nothing else to do.
+    second = store.get("releases/t1/ids.txt").decode().split()[0]
+    from taisu_etl.takedown.requests import file_request
+
+    rid = file_request(ledger, "sample", second, requester="Agency")
+    run_dag("taisu_takedown", {}, home, quiet=True)
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM takedown_request WHERE id = :i"), {"i": rid}).scalar_one() == "verified"
+    assert second not in store.get("releases/t1/ids.txt").decode()
     ledger.dispose()

@@ -1,0 +1,1 @@
+"""Takedown requests: intake, matching, processing, verification."""
