@@ -235,6 +235,8 @@ ALTER TABLE release ADD COLUMN withdrawn_at TIMESTAMP WITH TIME ZONE;
 
 COMMENT ON COLUMN release.state IS 'staging | published | failed | withdrawn';
 
+CREATE INDEX ix_sample_duplicate_of ON sample (duplicate_of) WHERE duplicate_of IS NOT NULL;
+
 ALTER TABLE release_member ADD COLUMN removed_in_version INTEGER;
 
 COMMENT ON COLUMN release_member.removed_in_version IS 'first release version without the sample (a takedown patch); NULL while it is in';

@@ -63,6 +63,9 @@ sample = sa.Table(
     sa.Index("ix_sample_taisu_id", "taisu_id", postgresql_where=sa.text("taisu_id IS NOT NULL"), sqlite_where=sa.text("taisu_id IS NOT NULL")),
     sa.Index("ix_sample_sha256", "sha256", postgresql_where=sa.text("sha256 IS NOT NULL"), sqlite_where=sa.text("sha256 IS NOT NULL")),
     sa.Index("ix_sample_phash", "phash", postgresql_where=sa.text("phash IS NOT NULL"), sqlite_where=sa.text("phash IS NOT NULL")),
+    # A takedown follows duplicates to their original; few samples are duplicates, so the index is small.
+    sa.Index("ix_sample_duplicate_of", "duplicate_of", postgresql_where=sa.text("duplicate_of IS NOT NULL"),
+             sqlite_where=sa.text("duplicate_of IS NOT NULL")),
 )
 
 # Where each sample is and who holds it. Kept apart from the wide `sample` row because it changes

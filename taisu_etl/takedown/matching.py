@@ -10,6 +10,7 @@ matched again, so re-processing a request finds the same set.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from taisu_etl.images.dedup import hamming, phash_bands
 from taisu_etl.takedown.guard import host_and_parents, host_of
 from taisu_etl.urls import url_id
 
-_CHUNK = 400
+_CHUNK = 500  # values per IN list: well within SQLite's bound-parameter limit
 # Order of preference when one sample is reached several ways: the most direct reason is kept.
 _RANK = {"sample": 0, "taisu_id": 0, "url": 0, "domain": 0, "sha256": 1, "phash": 2, "duplicate_of": 3}
 
@@ -42,98 +43,130 @@ def host_matches(url: str | None, host: str) -> bool:
     return name is not None and host in host_and_parents(name)
 
 
-def _direct(conn: sa.Connection, kind: str, value: str) -> list[int]:
-    s = sample.c
-    if kind == "sample":
-        cond = s.url_id == value
-    elif kind == "taisu_id":
-        cond = s.taisu_id == value
-    elif kind == "url":
-        cond = s.url_id == url_id(value)
-    elif kind in ("sha256", "image"):
-        cond = s.sha256 == value
-    elif kind == "domain":
-        # No index can answer "ends with this host" for every scheme and port, and a domain request
-        # is rare: the LIKE narrows the scan, host_matches decides exactly.
-        rows = conn.execute(sa.select(s.id, s.url).where(s.url.like(f"%{value}%"))).all()
-        return [sid for sid, url in rows if host_matches(url, value)]
-    else:
-        raise ValueError(f"unknown selector kind {kind!r}")
-    ids = list(conn.execute(sa.select(s.id).where(cond)).scalars())
-    if kind == "url":
-        # url_id is a hash of the URL: confirm, so a hash collision can never take the wrong image down.
-        confirmed = set(conn.execute(sa.select(s.id).where(s.id.in_(ids), s.url == value)).scalars()) if ids else set()
-        ids = [i for i in ids if i in confirmed]
-    return ids
-
-
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-def _near(conn: sa.Connection, phashes: Iterable[str], max_distance: int) -> list[tuple[int, int]]:
-    """(sample id, distance) of every image with a perceptual hash within `max_distance` of one of `phashes`."""
-    wanted = sorted(set(p for p in phashes if p))
-    if not wanted:
-        return []
-    pairs = sorted({(i, v) for p in wanted for i, v in enumerate(phash_bands(p, max_distance + 1))})
-    found: dict[int, str] = {}
-    for chunk in _chunks(pairs):
-        cond = sa.or_(*[sa.and_(image_band.c.band == b, image_band.c.value == v) for b, v in chunk])
-        rows = conn.execute(
-            sa.select(sample.c.id, sample.c.phash).select_from(image_band.join(sample, sample.c.id == image_band.c.sample_id)).where(cond)
-        )
-        found.update({sid: ph for sid, ph in rows if ph})
-    out = []
-    for sid, ph in found.items():
-        best = min(hamming(ph, p) for p in wanted)
-        if best <= max_distance:
-            out.append((sid, best))
+# Which sample column each exact selector is looked up by (url: its url_id, a hash of the URL).
+_COLUMN = {"sample": sample.c.url_id, "taisu_id": sample.c.taisu_id, "url": sample.c.url_id, "sha256": sample.c.sha256,
+           "image": sample.c.sha256}
+
+
+def _direct(conn: sa.Connection, requests: Sequence[Mapping[str, Any]]) -> dict[int, list[int]]:
+    """{request id: sample ids} of the exact selectors; one indexed query per kind and chunk."""
+    s = sample.c
+    out: dict[int, list[int]] = {r["id"]: [] for r in requests}
+    value_of = {r["id"]: r["value"] for r in requests}
+    by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for r in requests:
+        if r["kind"] == "domain":
+            # No index answers "on this host or below" for every scheme and port, and a domain
+            # request is rare: the LIKE narrows the scan, host_matches decides exactly.
+            rows = conn.execute(sa.select(s.id, s.url).where(s.url.like(f"%{r['value']}%"))).all()
+            out[r["id"]] = [sid for sid, url in rows if host_matches(url, r["value"])]
+        elif r["kind"] in _COLUMN:
+            key = url_id(r["value"]) if r["kind"] == "url" else r["value"]
+            by_key[(r["kind"], key)].append(r["id"])
+        else:
+            raise ValueError(f"unknown selector kind {r['kind']!r}")
+    for kind in sorted({k for k, _ in by_key}):
+        keys = sorted(v for k, v in by_key if k == kind)
+        column = _COLUMN[kind]
+        for chunk in _chunks(keys):
+            for sid, value, url in conn.execute(sa.select(s.id, column, s.url).where(column.in_(chunk))):
+                for rid in by_key[(kind, value)]:
+                    # url_id is a hash of the URL: confirm, so a collision can never take the wrong image down.
+                    if kind != "url" or url == value_of[rid]:
+                        out[rid].append(sid)
     return out
 
 
-def find_matches(ledger: Ledger, request: Mapping[str, Any], *, max_distance: int) -> list[Match]:
-    """Every sample request `request` (a takedown_request row) covers, sorted by sample id."""
-    kind, value = request["kind"], request["value"]
-    details = request.get("details") or {}
-
-    def run(conn: sa.Connection) -> list[Match]:
-        best: dict[int, Match] = {}
-
-        def add(sid: int, how: str, distance: int | None = None) -> None:
-            old = best.get(sid)
-            if old is None or _RANK[how] < _RANK[old.how] or (how == old.how == "phash" and (distance or 0) < (old.distance or 0)):
-                best[sid] = Match(sid, how, distance)
-
-        direct_how = "sha256" if kind == "image" else kind
-        for sid in _direct(conn, kind, value):
-            add(sid, direct_how)
-        s = sample.c
-        seeds = list(best)
-        hashes: set[str] = set()
-        phashes: set[str] = {details["phash"]} if kind == "image" and details.get("phash") else set()
-        for chunk in _chunks(seeds):
-            for sha, ph in conn.execute(sa.select(s.sha256, s.phash).where(s.id.in_(chunk))):
-                if sha:
-                    hashes.add(sha)
+def _near(conn: sa.Connection, wanted: Mapping[str, set[int]], max_distance: int) -> dict[int, list[tuple[int, int]]]:
+    """{request id: [(sample id, distance)]} of every stored image whose perceptual hash is within
+    `max_distance` of a hash in `wanted` (hash -> the requests that look for it), via the band index."""
+    by_band: dict[tuple[int, str], set[str]] = defaultdict(set)
+    for ph in wanted:
+        for band, value in enumerate(phash_bands(ph, max_distance + 1)):
+            by_band[(band, value)].add(ph)
+    found: dict[int, tuple[str, set[str]]] = {}
+    for band in sorted({b for b, _ in by_band}):
+        values = sorted(v for b, v in by_band if b == band)
+        for chunk in _chunks(values):
+            rows = conn.execute(
+                sa.select(sample.c.id, sample.c.phash, image_band.c.value)
+                .select_from(image_band.join(sample, sample.c.id == image_band.c.sample_id))
+                .where(image_band.c.band == band, image_band.c.value.in_(chunk))
+            )
+            for sid, ph, value in rows:
                 if ph:
-                    phashes.add(ph)
-        for chunk in _chunks(sorted(hashes)):
-            for sid in conn.execute(sa.select(s.id).where(s.sha256.in_(chunk))).scalars():
-                add(sid, "sha256")
-        for sid, distance in _near(conn, phashes, max_distance):
-            add(sid, "phash", distance)
+                    found.setdefault(sid, (ph, set()))[1].update(by_band[(band, value)])
+    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for sid, (ph, candidates) in found.items():
+        for want in candidates:
+            distance = hamming(ph, want)
+            if distance <= max_distance:
+                for rid in wanted[want]:
+                    out[rid].append((sid, distance))
+    return out
+
+
+def find_matches_many(ledger: Ledger, requests: Sequence[Mapping[str, Any]], *, max_distance: int) -> dict[int, list[Match]]:
+    """Every sample each request (a takedown_request row) covers, sorted by sample id; the requests
+    are matched together, so a batch of thousands costs a few queries per kind, not per request."""
+
+    def run(conn: sa.Connection) -> dict[int, list[Match]]:
+        best: dict[int, dict[int, Match]] = {r["id"]: {} for r in requests}
+
+        def add(rid: int, sid: int, how: str, distance: int | None = None) -> None:
+            old = best[rid].get(sid)
+            if old is None or _RANK[how] < _RANK[old.how] or (how == old.how == "phash" and (distance or 0) < (old.distance or 0)):
+                best[rid][sid] = Match(sid, how, distance)
+
+        direct = _direct(conn, requests)
+        for r in requests:
+            for sid in direct[r["id"]]:
+                add(r["id"], sid, "sha256" if r["kind"] == "image" else r["kind"])
+        s = sample.c
+        # The picture itself: the same bytes (sha256) and near duplicates (pHash) of every seed.
+        seeds = sorted({sid for ms in best.values() for sid in ms})
+        hashes: dict[int, tuple[str | None, str | None]] = {}
+        for chunk in _chunks(seeds):
+            hashes.update({sid: (sha, ph) for sid, sha, ph in conn.execute(sa.select(s.id, s.sha256, s.phash).where(s.id.in_(chunk)))})
+        want_sha: dict[str, set[int]] = defaultdict(set)
+        want_ph: dict[str, set[int]] = defaultdict(set)
+        for r in requests:
+            if r["kind"] == "image" and (r.get("details") or {}).get("phash"):
+                want_ph[r["details"]["phash"]].add(r["id"])
+            for sid in list(best[r["id"]]):
+                sha, ph = hashes.get(sid, (None, None))
+                if sha:
+                    want_sha[sha].add(r["id"])
+                if ph:
+                    want_ph[ph].add(r["id"])
+        for chunk in _chunks(sorted(want_sha)):
+            for sid, sha in conn.execute(sa.select(s.id, s.sha256).where(s.sha256.in_(chunk))):
+                for rid in want_sha[sha]:
+                    add(rid, sid, "sha256")
+        for rid, near in _near(conn, want_ph, max_distance).items():
+            for sid, distance in near:
+                add(rid, sid, "phash", distance)
         # Duplicates follow their original, however many hops dedup chained them.
-        frontier = list(best)
+        frontier = {sid: {rid for rid, ms in best.items() if sid in ms} for sid in {sid for ms in best.values() for sid in ms}}
         while frontier:
-            nxt: list[int] = []
-            for chunk in _chunks(frontier):
-                for sid in conn.execute(sa.select(s.id).where(s.duplicate_of.in_(chunk))).scalars():
-                    if sid not in best:
-                        add(sid, "duplicate_of")
-                        nxt.append(sid)
+            nxt: dict[int, set[int]] = defaultdict(set)
+            for chunk in _chunks(sorted(frontier)):
+                for sid, original in conn.execute(sa.select(s.id, s.duplicate_of).where(s.duplicate_of.in_(chunk))):
+                    for rid in frontier[original]:
+                        if sid not in best[rid]:
+                            add(rid, sid, "duplicate_of")
+                            nxt[sid].add(rid)
             frontier = nxt
-        return [best[k] for k in sorted(best)]
+        return {rid: [ms[k] for k in sorted(ms)] for rid, ms in best.items()}
 
     return ledger.read(run)
+
+
+def find_matches(ledger: Ledger, request: Mapping[str, Any], *, max_distance: int) -> list[Match]:
+    """Every sample one request covers; see `find_matches_many`."""
+    return find_matches_many(ledger, [request], max_distance=max_distance)[request["id"]]

@@ -29,8 +29,8 @@ from taisu_etl.db.ledger import Ledger
 from taisu_etl.storage import ObjectStore
 from taisu_etl.takedown import objects, records
 from taisu_etl.takedown.errors import TakedownError
-from taisu_etl.takedown.matching import Match, find_matches
-from taisu_etl.takedown.requests import OPEN_STATUSES, PROCESSED, REJECTED, Selector, get_request, open_requests
+from taisu_etl.takedown.matching import Match, find_matches_many
+from taisu_etl.takedown.requests import OPEN_STATUSES, PROCESSED, REJECTED, Selector, get_requests, open_requests
 from taisu_etl.takedown.verification import VerificationReport, verify_requests
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def process_requests(
     A rejected request is refused. A processed or verified one is processed again: every step is
     idempotent, so this completes one that crashed and re-checks one that finished.
     """
-    requests = [get_request(ledger, rid) for rid in request_ids]
+    requests = get_requests(ledger, request_ids)
     for req in requests:
         if req["status"] == REJECTED:
             raise TakedownError(f"request {req['id']} was rejected ({req['status_detail']}): file a new one to act on it")
@@ -170,10 +170,9 @@ def _process(
     say = progress or (lambda line: log.info("%s", line))
     started = time.perf_counter()
     reports = {r["id"]: TakedownReport(r["id"], r["kind"], r["value"], dry_run=dry_run, status=r["status"]) for r in requests}
-    matches: dict[int, list[Match]] = {}
-    for req in requests:
-        matches[req["id"]] = find_matches(ledger, req, max_distance=max_distance)
-        reports[req["id"]].matches = matches[req["id"]]
+    matches = find_matches_many(ledger, requests, max_distance=max_distance)
+    for rid, found in matches.items():
+        reports[rid].matches = found
     owners: dict[int, list[tuple[int, str, int | None]]] = defaultdict(list)
     for rid, ms in matches.items():
         for m in ms:

@@ -19,7 +19,7 @@ import csv
 import hashlib
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -233,6 +233,25 @@ def get_request(ledger: Ledger, request_id: int) -> dict[str, Any]:
     if row is None:
         raise TakedownError(f"no takedown request {request_id}: `taisu-etl takedown list` shows them")
     return dict(row)
+
+
+def get_requests(ledger: Ledger, request_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The requests, in the order asked; an unknown id is one TakedownError naming it."""
+    tr = takedown_request.c
+    wanted = list(dict.fromkeys(request_ids))
+
+    def run(conn: sa.Connection) -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(wanted), 500):
+            out.update({r["id"]: dict(r) for r in conn.execute(
+                sa.select(takedown_request).where(tr.id.in_(wanted[start : start + 500]))).mappings()})
+        return out
+
+    found = ledger.read(run)
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise TakedownError(f"no takedown request {missing[0]}: `taisu-etl takedown list` shows them")
+    return [found[i] for i in wanted]
 
 
 def open_requests(ledger: Ledger, limit: int | None = None) -> list[dict[str, Any]]:

@@ -36,6 +36,9 @@ def upgrade() -> None:
         batch_op.alter_column('state', existing_type=sa.String(length=16), existing_nullable=False,
                               comment='staging | published | failed | withdrawn',
                               existing_comment='staging | published | failed')
+    with op.batch_alter_table('sample', schema=None) as batch_op:
+        batch_op.create_index('ix_sample_duplicate_of', ['duplicate_of'], unique=False,
+                              postgresql_where=sa.text('duplicate_of IS NOT NULL'), sqlite_where=sa.text('duplicate_of IS NOT NULL'))
     with op.batch_alter_table('release_member', schema=None) as batch_op:
         batch_op.add_column(sa.Column('removed_in_version', sa.Integer(), nullable=True,
                                       comment='first release version without the sample (a takedown patch); NULL while it is in'))
@@ -134,6 +137,9 @@ def downgrade() -> None:
             batch_op.drop_column(column)
     with op.batch_alter_table('release_member', schema=None) as batch_op:
         batch_op.drop_column('removed_in_version')
+    with op.batch_alter_table('sample', schema=None) as batch_op:
+        batch_op.drop_index('ix_sample_duplicate_of', postgresql_where=sa.text('duplicate_of IS NOT NULL'),
+                            sqlite_where=sa.text('duplicate_of IS NOT NULL'))
     with op.batch_alter_table('release', schema=None) as batch_op:
         batch_op.drop_column('withdrawn_at')
         batch_op.drop_column('version')
