@@ -235,6 +235,16 @@ ALTER TABLE release ADD COLUMN withdrawn_at TIMESTAMP WITH TIME ZONE;
 
 COMMENT ON COLUMN release.state IS 'staging | published | failed | withdrawn';
 
+ALTER TABLE image_band ADD COLUMN phash BIGINT;
+
+COMMENT ON COLUMN image_band.phash IS 'the whole pHash as a signed 64-bit integer: candidates are checked in the index';
+
+DROP INDEX ix_image_band_band_value;
+
+UPDATE image_band b SET phash = ('x' || s.phash)::bit(64)::bigint FROM sample s WHERE s.id = b.sample_id AND s.phash IS NOT NULL;
+
+CREATE INDEX ix_image_band_lookup ON image_band (band, value, phash, sample_id);
+
 CREATE INDEX ix_sample_duplicate_of ON sample (duplicate_of) WHERE duplicate_of IS NOT NULL;
 
 ALTER TABLE release_member ADD COLUMN removed_in_version INTEGER;

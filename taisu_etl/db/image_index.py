@@ -10,6 +10,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.db.schema import blocklist, image_band, sample, sample_state
+from taisu_etl.images.dedup import phash_from_bands, phash_int64
 from taisu_etl.vocab import State
 
 # States of samples whose stored image is a valid "first" copy for duplicate links.
@@ -28,7 +29,8 @@ def blocklist_values(ledger: Ledger, kind: str) -> set[str]:
 
 def add_bands(ledger: Ledger, rows: Iterable[tuple[int, Sequence[str]]]) -> None:
     """Record the bands of stored images' perceptual hashes (re-adding one is a no-op)."""
-    values = [{"sample_id": sid, "band": i, "value": v} for sid, bands in rows for i, v in enumerate(bands)]
+    values = [{"sample_id": sid, "band": i, "value": v, "phash": phash_int64(phash_from_bands(bands))}
+              for sid, bands in rows for i, v in enumerate(bands)]
     if not values:
         return
     insert = (postgresql.insert if ledger.is_postgres else sqlite_insert)(image_band).on_conflict_do_nothing()

@@ -135,8 +135,11 @@ image_band = sa.Table(
     sa.Column("sample_id", BigId, nullable=False),
     sa.Column("band", sa.SmallInteger, nullable=False),
     sa.Column("value", sa.String(16), nullable=False),
+    sa.Column("phash", sa.BigInteger, comment="the whole pHash as a signed 64-bit integer: candidates are checked in the index"),
     sa.PrimaryKeyConstraint("sample_id", "band"),
-    sa.Index("ix_image_band_band_value", "band", "value"),
+    # Covering: a lookup by (band, value) reads each candidate's whole hash from the index itself
+    # instead of one random fetch of its sample row; at 1M images a band value has ~120 of them.
+    sa.Index("ix_image_band_lookup", "band", "value", "phash", "sample_id"),
 )
 
 release = sa.Table(

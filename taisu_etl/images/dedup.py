@@ -16,7 +16,7 @@ given band with probability 1/8192, so a query reads about 5/8192 of the table a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Generic, Literal, TypeVar
 
@@ -68,6 +68,20 @@ def phash_bands(phash_hex: str, bands: int = DEFAULT_DISTANCE + 1) -> list[str]:
         f"{(value >> shift) & ((1 << width) - 1):0{(width + 3) // 4}x}"
         for shift, width in _band_layout(bands)
     ]
+
+
+def phash_int64(phash_hex: str) -> int:
+    """The pHash as a signed 64-bit integer (a database BIGINT): XOR and popcount give the distance."""
+    value = _parse(phash_hex)
+    return value - (1 << HASH_BITS) if value >= 1 << (HASH_BITS - 1) else value
+
+
+def phash_from_bands(bands: Sequence[str]) -> str:
+    """The pHash whose `phash_bands(_, len(bands))` are `bands` (the bands cover every bit)."""
+    value = 0
+    for (shift, _width), part in zip(_band_layout(len(bands)), bands):
+        value |= int(part, 16) << shift
+    return f"{value:016x}"
 
 
 class NearDuplicateIndex(Generic[SampleId]):

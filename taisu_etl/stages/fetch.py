@@ -40,7 +40,7 @@ from taisu_etl.db.ledger import Ledger, Outcome
 from taisu_etl.fetch import Fetcher, FetchResult
 from taisu_etl.fetch.settings import FetchSettings
 from taisu_etl.images import DecodePool, ImageConfig, ImageRejection, NormalisedImage, normalise_image
-from taisu_etl.images.dedup import phash_bands
+from taisu_etl.images.dedup import phash_bands, phash_from_bands, phash_int64
 from taisu_etl.storage import ObjectStore
 from taisu_etl.takedown import guard
 from taisu_etl.urls import normalise_url
@@ -74,8 +74,8 @@ class FetchReport:
 
 
 _PG_ADD_BANDS = sa.text(
-    "INSERT INTO image_band (sample_id, band, value) "
-    "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:bands AS smallint[]), CAST(:vals AS varchar[])) "
+    "INSERT INTO image_band (sample_id, band, value, phash) "
+    "SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:bands AS smallint[]), CAST(:vals AS varchar[]), CAST(:phashes AS bigint[])) "
     "ON CONFLICT DO NOTHING"
 )
 
@@ -93,13 +93,16 @@ def _add_bands(ledger: Ledger, rows: list[tuple[int, list[str]]]) -> None:
     ids: list[int] = []
     bands: list[int] = []
     values: list[str] = []
+    phashes: list[int] = []
     for sid, parts in rows:
+        whole = phash_int64(phash_from_bands(parts))
         for i, v in enumerate(parts):
             ids.append(sid)
             bands.append(i)
             values.append(v)
+            phashes.append(whole)
     if ids:
-        params = {"ids": ids, "bands": bands, "vals": values}
+        params = {"ids": ids, "bands": bands, "vals": values, "phashes": phashes}
         ledger.transaction(lambda conn: conn.execute(_PG_ADD_BANDS, params))  # re-run on a lost connection: a no-op for rows already in
 
 

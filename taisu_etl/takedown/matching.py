@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.db.schema import image_band, sample
-from taisu_etl.images.dedup import hamming, phash_bands
+from taisu_etl.images.dedup import phash_bands, phash_int64
 from taisu_etl.takedown.guard import host_and_parents, host_of
 from taisu_etl.urls import url_id
 
@@ -84,30 +85,43 @@ def _direct(conn: sa.Connection, requests: Sequence[Mapping[str, Any]]) -> dict[
 
 def _near(conn: sa.Connection, wanted: Mapping[str, set[int]], max_distance: int) -> dict[int, list[tuple[int, int]]]:
     """{request id: [(sample id, distance)]} of every stored image whose perceptual hash is within
-    `max_distance` of a hash in `wanted` (hash -> the requests that look for it), via the band index."""
-    by_band: dict[tuple[int, str], set[str]] = defaultdict(set)
+    `max_distance` of a hash in `wanted` (hash -> the requests that look for it).
+
+    Candidates share a band with a wanted hash (pigeonhole: within distance d, one of d+1 bands is
+    equal); the covering index holds each candidate's whole hash, and Postgres keeps only those
+    within the distance (bit_count of the XOR), so neither the sample rows nor the near misses
+    (about a hundred per band value at 1M images) leave the index.
+    """
+    by_band: dict[int, list[tuple[str, int]]] = defaultdict(list)
     for ph in wanted:
         for band, value in enumerate(phash_bands(ph, max_distance + 1)):
-            by_band[(band, value)].add(ph)
-    found: dict[int, tuple[str, set[str]]] = {}
-    for band in sorted({b for b, _ in by_band}):
-        values = sorted(v for b, v in by_band if b == band)
-        for chunk in _chunks(values):
-            rows = conn.execute(
-                sa.select(sample.c.id, sample.c.phash, image_band.c.value)
-                .select_from(image_band.join(sample, sample.c.id == image_band.c.sample_id))
-                .where(image_band.c.band == band, image_band.c.value.in_(chunk))
-            )
-            for sid, ph, value in rows:
-                if ph:
-                    found.setdefault(sid, (ph, set()))[1].update(by_band[(band, value)])
+            by_band[band].append((value, phash_int64(ph)))
+    b = image_band.c
+    pg = conn.dialect.name == "postgresql"
+    best: dict[tuple[int, str], int] = {}
+    for band, probes in sorted(by_band.items()):
+        for chunk in _chunks(sorted(set(probes))):
+            if pg:
+                probe = sa.values(sa.column("value", sa.String), sa.column("want", sa.BigInteger), name="probe").data(list(chunk))
+                query = (sa.select(b.sample_id, b.phash, probe.c.want).join(probe, sa.and_(b.band == band, b.value == probe.c.value))
+                         .where(sa.func.bit_count(sa.cast(b.phash.op("#")(probe.c.want), postgresql.BIT(64))) <= max_distance))
+                rows = conn.execute(query).all()
+            else:  # SQLite cannot name a VALUES list's columns: fetch by value, pair up here
+                wants: dict[str, list[int]] = defaultdict(list)
+                for value, want in chunk:
+                    wants[value].append(want)
+                found = conn.execute(sa.select(b.sample_id, b.phash, b.value).where(b.band == band, b.value.in_(sorted(wants))))
+                rows = [(sid, phash, want) for sid, phash, value in found for want in wants[value]]
+            for sid, phash, want in rows:
+                if phash is None:
+                    continue
+                distance = ((phash ^ want) & 0xFFFF_FFFF_FFFF_FFFF).bit_count()
+                if distance <= max_distance:
+                    best[(sid, f"{want & 0xFFFF_FFFF_FFFF_FFFF:016x}")] = distance
     out: dict[int, list[tuple[int, int]]] = defaultdict(list)
-    for sid, (ph, candidates) in found.items():
-        for want in candidates:
-            distance = hamming(ph, want)
-            if distance <= max_distance:
-                for rid in wanted[want]:
-                    out[rid].append((sid, distance))
+    for (sid, want_hex), distance in best.items():
+        for rid in wanted[want_hex]:
+            out[rid].append((sid, distance))
     return out
 
 
@@ -152,7 +166,10 @@ def find_matches_many(ledger: Ledger, requests: Sequence[Mapping[str, Any]], *, 
             for sid, distance in near:
                 add(rid, sid, "phash", distance)
         # Duplicates follow their original, however many hops dedup chained them.
-        frontier = {sid: {rid for rid, ms in best.items() if sid in ms} for sid in {sid for ms in best.values() for sid in ms}}
+        frontier: dict[int, set[int]] = defaultdict(set)
+        for rid, ms in best.items():
+            for sid in ms:
+                frontier[sid].add(rid)
         while frontier:
             nxt: dict[int, set[int]] = defaultdict(set)
             for chunk in _chunks(sorted(frontier)):

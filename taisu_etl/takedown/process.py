@@ -205,9 +205,12 @@ def _process(
     added, moved = records.take_down(ledger, entries, owners, ctx=ctx)
     say(f"takedown: {len(moved)} sample(s) moved to taken_down, {added} blocklist entr(ies) added")
     moved_by = Counter(owners[sid][0][0] for sid in moved)
+    entry_keys: dict[int, set[tuple[str, str]]] = defaultdict(set)
+    for e in entries:
+        entry_keys[e["takedown_id"]].add((e["kind"], e["value"]))
     for rid in reports:
         reports[rid].taken_down = moved_by.get(rid, 0)
-        reports[rid].blocklisted = len({(e["kind"], e["value"]) for e in entries if e["takedown_id"] == rid})
+        reports[rid].blocklisted = len(entry_keys[rid])
 
     in_use = records.keys_in_use(ledger, image_keys)
     if in_use:

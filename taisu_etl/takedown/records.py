@@ -6,6 +6,7 @@ that crashed half-way is completed by running it again.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -23,6 +24,7 @@ from taisu_etl.takedown.matching import Match
 from taisu_etl.vocab import Stage, State
 
 _CHUNK = 400
+_IMAGE_KEY = re.compile(r"^images/[0-9a-f]{2}/[0-9a-f]{2}/(?P<sha>[0-9a-f]{64})\.[a-z0-9]+$")
 
 
 def _now() -> datetime:
@@ -136,11 +138,15 @@ def take_down(
                 events.append(dict(ev, sample_id=sid, stage=Stage.TAKEDOWN.value, from_state=old, to_state=State.TAKEN_DOWN.value,
                                    reason="takedown", details=details if not ledger.is_postgres else json.dumps(details, ensure_ascii=False)))
             if ledger.is_postgres:
+                # One statement for the chunk (executemany would be a round trip per event).
                 conn.execute(sa.text(
                     "INSERT INTO sample_event (sample_id, stage, from_state, to_state, reason, details, dag_id, run_id, task_id, "
-                    "map_index, try_number, worker, recipe_version) VALUES (:sample_id, :stage, :from_state, :to_state, :reason, "
-                    "CAST(:details AS jsonb), :dag_id, :run_id, :task_id, :map_index, :try_number, :worker, :recipe_version)"
-                ), events)
+                    "map_index, try_number, worker, recipe_version) SELECT v.id, :stage, v.from_state, :to_state, :reason, v.details, "
+                    ":dag_id, :run_id, :task_id, :map_index, :try_number, :worker, :recipe_version "
+                    "FROM unnest(CAST(:ids AS bigint[]), CAST(:froms AS varchar[]), CAST(:details AS jsonb[])) AS v(id, from_state, details)"
+                ), {**ev, "stage": Stage.TAKEDOWN.value, "to_state": State.TAKEN_DOWN.value, "reason": "takedown",
+                    "ids": [e["sample_id"] for e in events], "froms": [e["from_state"] for e in events],
+                    "details": [e["details"] for e in events]})
             else:
                 conn.execute(sa.insert(sample_event), events)
             moved += list(before)
@@ -245,15 +251,25 @@ def archived_keys(ledger: Ledger, sample_ids: Sequence[int]) -> set[str]:
 
 
 def keys_in_use(ledger: Ledger, keys: Sequence[str]) -> set[str]:
-    """Which of `keys` a sample that is not taken down still points to (never deleted by a takedown)."""
+    """Which of `keys` a sample that is not taken down still points to (never deleted by a takedown).
+
+    Image keys are content-addressed, so the lookup goes through the sha256 index; a key of any
+    other shape is looked up by itself.
+    """
     s, st = sample.c, sample_state.c
+    by_sha = {m.group("sha"): k for k in keys if (m := _IMAGE_KEY.match(k))}
+    others = [k for k in keys if _IMAGE_KEY.match(k) is None]
 
     def run(conn: sa.Connection) -> set[str]:
         used: set[str] = set()
-        for chunk in _chunks(list(keys)):
+        live = st.state != State.TAKEN_DOWN.value
+        for chunk in _chunks(sorted(by_sha)):
+            used.update(k for k in conn.execute(
+                sa.select(s.object_key).join(sample_state, st.sample_id == s.id).where(s.sha256.in_(chunk), live)
+            ).scalars() if k in keys)
+        for chunk in _chunks(others):
             used.update(conn.execute(
-                sa.select(s.object_key).join(sample_state, st.sample_id == s.id)
-                .where(s.object_key.in_(chunk), st.state != State.TAKEN_DOWN.value)
+                sa.select(s.object_key).join(sample_state, st.sample_id == s.id).where(s.object_key.in_(chunk), live)
             ).scalars())
         return used
 
@@ -311,6 +327,15 @@ def mark_verified_objects(ledger: Ledger, left: Mapping[int, Mapping[str, int]])
     now = _now()
     rows = [{"rid": rid, "key": key, "n": n} for rid, keys in left.items() for key, n in keys.items()]
     if not rows:
+        return
+    if ledger.is_postgres:
+        # One statement (executemany would be a round trip per object).
+        stmt = sa.text(
+            "UPDATE takedown_object t SET verified_at = :now, versions_left = v.n FROM unnest(CAST(:rids AS bigint[]), "
+            "CAST(:keys AS text[]), CAST(:ns AS integer[])) AS v(rid, key, n) WHERE t.takedown_id = v.rid AND t.object_key = v.key"
+        )
+        params = {"now": now, "rids": [r["rid"] for r in rows], "keys": [r["key"] for r in rows], "ns": [r["n"] for r in rows]}
+        ledger.transaction(lambda conn: conn.execute(stmt, params))
         return
     stmt = (sa.update(takedown_object).where(t.takedown_id == sa.bindparam("rid"), t.object_key == sa.bindparam("key"))
             .values(verified_at=now, versions_left=sa.bindparam("n")))

@@ -116,3 +116,14 @@ def test_band_table_lookup_as_a_database_does_it() -> None:
         candidates = {i for pair in enumerate(phash_bands(probe, d + 1)) for i in table.get(pair, [])}
         found = {i for i in candidates if hamming(stored[i], probe) <= d}
         assert found == {i for i, h in enumerate(stored) if hamming(h, probe) <= d}
+
+
+def test_bands_give_back_the_whole_hash_and_its_signed_integer() -> None:
+    from taisu_etl.images.dedup import phash_from_bands, phash_int64
+
+    for ph in ("0000000000000000", "ffffffffffffffff", "8000000000000001", "0123456789abcdef"):
+        for bands in (1, 3, 5, 9):
+            assert phash_from_bands(phash_bands(ph, bands)) == ph
+        # XOR and popcount of the signed form is the Hamming distance, as in Postgres' bit_count.
+        assert ((phash_int64(ph) ^ phash_int64("0000000000000000")) & (2**64 - 1)).bit_count() == hamming(ph, "0000000000000000")
+    assert phash_int64("ffffffffffffffff") == -1 and phash_int64("7fffffffffffffff") == 2**63 - 1

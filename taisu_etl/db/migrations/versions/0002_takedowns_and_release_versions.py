@@ -27,6 +27,24 @@ def _initial_views() -> dict[str, str]:
     return importlib.import_module('taisu_etl.db.migrations.versions.0001_initial_ledger_schema').VIEWS
 
 
+def _backfill_band_phash() -> None:
+    """Each band row gets its image's whole pHash (from `sample.phash`)."""
+    if op.get_context().dialect.name == 'postgresql':
+        op.execute("UPDATE image_band b SET phash = ('x' || s.phash)::bit(64)::bigint FROM sample s "
+                   "WHERE s.id = b.sample_id AND s.phash IS NOT NULL")
+        return
+    if op.get_context().as_sql:
+        return
+    from taisu_etl.images.dedup import phash_int64
+
+    conn = op.get_bind()
+    rows = conn.execute(sa.text("SELECT DISTINCT b.sample_id, s.phash FROM image_band b JOIN sample s ON s.id = b.sample_id "
+                                "WHERE s.phash IS NOT NULL")).all()
+    if rows:
+        conn.execute(sa.text("UPDATE image_band SET phash = :p WHERE sample_id = :i"),
+                     [{"i": sid, "p": phash_int64(ph)} for sid, ph in rows])
+
+
 def upgrade() -> None:
     views.uninstall(op, _initial_views())
     with op.batch_alter_table('release', schema=None) as batch_op:
@@ -36,6 +54,13 @@ def upgrade() -> None:
         batch_op.alter_column('state', existing_type=sa.String(length=16), existing_nullable=False,
                               comment='staging | published | failed | withdrawn',
                               existing_comment='staging | published | failed')
+    with op.batch_alter_table('image_band', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('phash', sa.BigInteger(), nullable=True,
+                                      comment='the whole pHash as a signed 64-bit integer: candidates are checked in the index'))
+        batch_op.drop_index('ix_image_band_band_value')
+    _backfill_band_phash()
+    with op.batch_alter_table('image_band', schema=None) as batch_op:
+        batch_op.create_index('ix_image_band_lookup', ['band', 'value', 'phash', 'sample_id'], unique=False)
     with op.batch_alter_table('sample', schema=None) as batch_op:
         batch_op.create_index('ix_sample_duplicate_of', ['duplicate_of'], unique=False,
                               postgresql_where=sa.text('duplicate_of IS NOT NULL'), sqlite_where=sa.text('duplicate_of IS NOT NULL'))
@@ -137,6 +162,10 @@ def downgrade() -> None:
             batch_op.drop_column(column)
     with op.batch_alter_table('release_member', schema=None) as batch_op:
         batch_op.drop_column('removed_in_version')
+    with op.batch_alter_table('image_band', schema=None) as batch_op:
+        batch_op.drop_index('ix_image_band_lookup')
+        batch_op.drop_column('phash')
+        batch_op.create_index('ix_image_band_band_value', ['band', 'value'], unique=False)
     with op.batch_alter_table('sample', schema=None) as batch_op:
         batch_op.drop_index('ix_sample_duplicate_of', postgresql_where=sa.text('duplicate_of IS NOT NULL'),
                             sqlite_where=sa.text('duplicate_of IS NOT NULL'))
