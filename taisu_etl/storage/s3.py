@@ -394,9 +394,13 @@ class S3ObjectStore(ObjectStore):
             )
 
     def delete_all_versions(self, key: str) -> int:
+        return self._delete_versions(key, keep_current=False)
+
+    def _delete_versions(self, key: str, *, keep_current: bool) -> int:
         validate_key(key)
-        with self._errors(f"delete the versions of {key}"):
-            targets = [DeleteObject(key, vid) for vid, _ in self._versions(key)]
+        what = "old versions" if keep_current else "versions"
+        with self._errors(f"delete the {what} of {key}"):
+            targets = [DeleteObject(key, vid) for vid, latest in self._versions(key) if not (keep_current and latest)]
             if not targets:
                 return 0
             failures = list(self._client.remove_objects(self.bucket, targets))
@@ -404,7 +408,7 @@ class S3ObjectStore(ObjectStore):
             first = failures[0]
             raise StorageError(
                 f"the object store at {self.endpoint_url} kept {len(failures)} of "
-                f"{len(targets)} versions of {key!r} ({first.code}): check that the user may "
+                f"{len(targets)} {what} of {key!r} ({first.code}): check that the user may "
                 "delete object versions and that no object lock holds them"
             )
         return len(targets)
@@ -425,20 +429,7 @@ class S3ObjectStore(ObjectStore):
             return [vid or "null" for vid, _ in self._versions(key)]
 
     def delete_noncurrent_versions(self, key: str) -> int:
-        validate_key(key)
-        with self._errors(f"delete the old versions of {key}"):
-            targets = [DeleteObject(key, vid) for vid, latest in self._versions(key) if not latest]
-            if not targets:
-                return 0
-            failures = list(self._client.remove_objects(self.bucket, targets))
-        if failures:
-            first = failures[0]
-            raise StorageError(
-                f"the object store at {self.endpoint_url} kept {len(failures)} of "
-                f"{len(targets)} old versions of {key!r} ({first.code}): check that the user may "
-                "delete object versions and that no object lock holds them"
-            )
-        return len(targets)
+        return self._delete_versions(key, keep_current=True)
 
     def check(self) -> None:
         with self._errors(f"check bucket {self.bucket}"):

@@ -11,21 +11,18 @@ import csv
 import io
 import tarfile
 from pathlib import Path
-from typing import Callable
 
-import pytest
 import sqlalchemy as sa
 
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.db.schema import ingest_issue, sample, sample_state
 from taisu_etl.images import ImageConfig
-from taisu_etl.release import ReleaseOptions, create_release, diff_releases, verify_release
-from taisu_etl.release import layout
+from taisu_etl.release import ReleaseOptions, create_release, diff_releases, layout, verify_release
 from taisu_etl.stages.dedup import dedup_shard
 from taisu_etl.stages.fetch import fetch_shard
 from taisu_etl.stages.ingest import ingest_file
 from taisu_etl.stages.text_filter import filter_shard
-from taisu_etl.storage import LocalObjectStore, ObjectStore
+from taisu_etl.storage import ObjectStore
 from taisu_etl.synthweb import SyntheticWeb, make_pairs
 from taisu_etl.takedown.process import process_request, process_requests
 from taisu_etl.takedown.requests import file_request, import_requests
@@ -33,19 +30,10 @@ from taisu_etl.text import TextFilter
 from taisu_etl.vocab import Stage, State
 
 from tests.stages.test_fetch_stage import settings_for, write_list
-from tests.storage.conftest import make_s3_store, s3_server  # noqa: F401  (fixtures)
 
 from .support import CONFIG, add_stored, photo, rehosted
 
 D = CONFIG.phash_distance
-
-
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "local":
-        return LocalObjectStore(tmp_path / "objects")
-    make: Callable[..., ObjectStore] = request.getfixturevalue("make_s3_store")
-    return make(versioning=True)
 
 
 def _members(store: ObjectStore, name: str) -> set[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,19 +23,9 @@ from taisu_etl.takedown.requests import file_request, parse_selector
 from taisu_etl.takedown.verification import verify_requests
 from taisu_etl.vocab import State
 
-from tests.storage.conftest import make_s3_store, s3_server  # noqa: F401  (fixtures)
-
 from .support import CONFIG, add_stored, events_of, photo, rehosted, state_of
 
 D = CONFIG.phash_distance
-
-
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
-    if request.param == "local":
-        return LocalObjectStore(tmp_path / "objects")
-    make: Callable[..., ObjectStore] = request.getfixturevalue("make_s3_store")
-    return make(versioning=True)
 
 
 def _rows(ledger: Ledger, table: sa.Table, **where: object) -> list[dict]:
