@@ -309,7 +309,8 @@ def demo(
 ) -> None:
     """The main job: start a synthetic web on 127.0.0.1, run the pipeline DAG on it (ingest, text
     filter, fetch, checks/dedup, score, caption) and the release DAG, with embedded defaults (SQLite
-    ledger, local object store under ./var); print the funnel and where the release is."""
+    ledger, local object store under ./var); print the funnel and where the release is; then a
+    rights holder's takedown of one released image (the takedown DAG) and its audit trail."""
     import os
     import time
 
