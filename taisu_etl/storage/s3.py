@@ -195,11 +195,8 @@ class S3ObjectStore(ObjectStore):
     def _error_document(self, body: str | bytes | None, action: str, status: int | None = None) -> StorageError:
         """An S3 `<Error>` document, whatever its Content-Type, says what the server refused;
         anything else (a web page, an empty answer) means the endpoint is not S3."""
-        try:
-            root = ElementTree.fromstring(body) if body else None
-        except ElementTree.ParseError:
-            root = None
-        code = root.findtext("Code") if root is not None and root.tag == "Error" else None
+        root = _error_root(body)
+        code = root.findtext("Code") if root is not None else None
         if not code:
             return self._not_s3(action)
         return self._refused(code, root.findtext("Message") or (f"HTTP {status}" if status else ""), action)
@@ -341,6 +338,12 @@ class S3ObjectStore(ObjectStore):
             return self._client.get_object(self.bucket, key)
         except S3Error as exc:
             if exc.code in _MISSING_KEY_CODES:
+                raise KeyError(key) from None
+            raise
+        except InvalidResponseError as exc:
+            # A server that sends its error documents as text/xml (rclone's `serve s3`): minio-py
+            # does not parse them, so a missing key must be recognised here.
+            if _error_code(getattr(exc, "_body", None)) in _MISSING_KEY_CODES:
                 raise KeyError(key) from None
             raise
 
@@ -543,6 +546,20 @@ def parse_http_date(value: str | None) -> datetime:
         return parsedate_to_datetime(value) if value else datetime.now(UTC)
     except (TypeError, ValueError):
         return datetime.now(UTC)
+
+
+def _error_root(body: str | bytes | None) -> ElementTree.Element | None:
+    """The `<Error>` element of an S3 error document, or None when `body` is not one."""
+    try:
+        root = ElementTree.fromstring(body) if body else None
+    except ElementTree.ParseError:
+        return None
+    return root if root is not None and root.tag == "Error" else None
+
+
+def _error_code(body: str | bytes | None) -> str | None:
+    root = _error_root(body)
+    return root.findtext("Code") if root is not None else None
 
 
 def _one_line(text: str) -> str:
