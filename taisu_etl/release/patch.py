@@ -116,6 +116,14 @@ class WithdrawReport:
 # ------------------------------------------------------------------ patch
 
 
+def _ledger_row(engine: Any, name: str) -> dict[str, Any]:
+    """The release's ledger row; a name the ledger does not know is one error saying where to look."""
+    row = records.get(engine, name)
+    if row is None:
+        raise ReleaseNotFoundError(f"release {name} is not in the ledger: check the name with `taisu-etl release list`")
+    return row
+
+
 def patch_release(
     ledger: Ledger, store: ObjectStore, name: str, sample_ids: Iterable[int], *, takedown_id: int | None = None,
     progress: Callable[[str], None] | None = None, workdir: str | Path | None = None, font_path: str | None = None,
@@ -128,9 +136,7 @@ def patch_release(
     say = progress or (lambda line: log.info("%s", line))
     started = time.perf_counter()
     engine = ledger.engine
-    row = records.get(engine, name)
-    if row is None:
-        raise ReleaseNotFoundError(f"release {name} is not in the ledger: check the name with `taisu-etl release list`")
+    row = _ledger_row(engine, name)
     wanted = sorted({int(s) for s in sample_ids})
     report = PatchReport(name, int(row["id"]), int(row["version"]), int(row["version"]))
     with records.patch_lock(engine, report.release_id, on_wait=lambda: say(f"release {name}: waiting for another patch of it to finish")):
@@ -511,9 +517,7 @@ def withdraw_release(
     say = progress or (lambda line: log.info("%s", line))
     started = time.perf_counter()
     engine = ledger.engine
-    row = records.get(engine, name)
-    if row is None:
-        raise ReleaseNotFoundError(f"release {name} is not in the ledger: check the name with `taisu-etl release list`")
+    row = _ledger_row(engine, name)
     release_id = int(row["id"])
     with records.patch_lock(engine, release_id, on_wait=lambda: say(f"release {name}: waiting for a patch of it to finish")):
         row = records.get(engine, name)
