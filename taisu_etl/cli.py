@@ -92,15 +92,17 @@ def status(recipe: RecipeOpt = None, as_json: Annotated[bool, typer.Option("--js
     """Print the funnel: samples per state, why the rest were dropped, and the leases held (by whom, until when)."""
     from taisu_etl.db.leases import lease_holders
     from taisu_etl.leases_cli import format_holdings
-    from taisu_etl.reports import format_funnel
+    from taisu_etl.reports import format_funnel, format_incomplete, incomplete_inputs
     from taisu_etl.services import open_ledger
 
     settings = _settings(recipe)
     ledger = open_ledger(settings)
     funnel, reasons, issues = ledger.funnel(), ledger.reason_counts(), ledger.issue_counts()
+    incomplete = incomplete_inputs(ledger) if any(reason == "truncated_input" for _, reason, _ in issues) else []
     leases = lease_holders(ledger)
     if as_json:
         typer.echo(json.dumps({"funnel": funnel, "reasons": [list(r) for r in reasons], "ingest_issues": [list(i) for i in issues],
+                               "incomplete_inputs": [{"source": s, "after": p, "detail": d} for s, p, d in incomplete],
                                "leases": [h.as_dict() for h in leases]}, ensure_ascii=False))
     else:
         typer.echo(f"ledger {settings.ledger_url_safe}")
@@ -109,6 +111,8 @@ def status(recipe: RecipeOpt = None, as_json: Annotated[bool, typer.Option("--js
             typer.echo("\nsource rows that did not become samples:")
             for source, reason, n in issues:
                 typer.echo(f"  {source}: {reason} {n:,}")
+        if incomplete:
+            typer.echo("\n" + format_incomplete(incomplete))
         if leases:
             typer.echo("\nleases held (`taisu-etl leases release --dead` frees those of dead owners):")
             typer.echo(format_holdings(leases))

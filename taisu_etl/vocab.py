@@ -57,6 +57,8 @@ REASONS: dict[str, tuple[Stage, str]] = {
     "no_caption": (Stage.INGEST, "an archived image has no caption"),
     "no_image": (Stage.INGEST, "a caption has no archived image"),
     "damaged_member": (Stage.INGEST, "an archive member could not be read"),
+    "nul_char": (Stage.INGEST, "a field holds a NUL character, which the ledger cannot store (Postgres text refuses it)"),
+    "truncated_input": (Stage.INGEST, "the file breaks off (truncated or corrupt data): nothing after the break was read; ingest it again once repaired"),
     # text filter
     "empty_caption": (Stage.TEXT, "nothing left after clean-up"),
     "text_too_short": (Stage.TEXT, "fewer characters than the minimum"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -20,6 +21,11 @@ def make_engine(url: str) -> Engine:
         parsed = make_url(url)
     except ArgumentError:
         raise LedgerError(f"TAISU_DB_URL is not a database URL: {_URL_HELP}") from None
+    except ValueError:
+        # SQLAlchemy int()s the port itself: a port that is not a number surfaces as a bare ValueError.
+        raise LedgerError(f"the port in TAISU_DB_URL is not a number ({_port_text(url)!r}): {_URL_HELP}") from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise LedgerError(f"the port in TAISU_DB_URL is out of range ({parsed.port}; ports are 1-65535): {_URL_HELP}")
     safe = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     try:
@@ -39,6 +45,16 @@ def make_engine(url: str) -> Engine:
     except NoSuchModuleError:
         pass
     raise LedgerError(f"unsupported ledger database {safe!r}: {_URL_HELP}")
+
+
+# SQLAlchemy's own URL pattern, down to the port: the password may hold '/' or ':', never '@'.
+_PORT = re.compile(r"[\w+]+://(?:[^:/]*(?::[^@]*)?@)?(?:\[[^/?]+\]|[^/:?]+)?:(?P<port>[^/?]*)")
+
+
+def _port_text(url: str) -> str:
+    """What stands where the port goes in `url`, for a message: never any of the password."""
+    match = _PORT.match(url)
+    return match.group("port") if match else ""
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
@@ -92,6 +108,17 @@ def describe_db_error(exc: DBAPIError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
 
 
+def _connect_hint(detail: str, url: sa.URL) -> str:
+    """What to do about a failed Postgres connection, from libpq's message (it has no SQLSTATE to go by)."""
+    if re.search(r'role "[^"]*" does not exist', detail):
+        return f"create the role (createuser -h HOST {url.username}) or fix the user name in TAISU_DB_URL"
+    if re.search(r'database "[^"]*" does not exist', detail):
+        return f"create it (createdb -h HOST {url.database}) or fix the database name in TAISU_DB_URL"
+    if "password authentication failed" in detail:
+        return "fix the user or password in TAISU_DB_URL"
+    return "check TAISU_DB_URL and that the database server is running"
+
+
 def check_connection(engine: Engine) -> None:
     """Open one connection; raise LedgerError saying what to fix when that fails."""
     safe = engine.url.render_as_string(hide_password=True)
@@ -99,8 +126,6 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
     except OperationalError as exc:
-        hint = "check TAISU_DB_URL and that the database server is running"
         detail = describe_db_error(exc)
-        if "does not exist" in detail and engine.dialect.name == "postgresql":
-            hint = f"create it (createdb -h HOST {engine.url.database}) or fix TAISU_DB_URL"
+        hint = _connect_hint(detail, engine.url) if engine.dialect.name == "postgresql" else "check TAISU_DB_URL and that the database server is running"
         raise LedgerError(f"cannot open the ledger at {safe}: {detail}: {hint}") from None

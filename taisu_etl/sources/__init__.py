@@ -6,8 +6,11 @@
 
 Every record names its origin file and position; a bad row is a `BadRow` with an ingest reason
 code, and a file that is not what it claims is one `InputError`. `SourceStats` counts them.
+A file that breaks off part-way raises `TruncatedInput` (an InputError) where it breaks, after
+the records before the break; the ingest stage keeps those and records the break.
 """
 
+from taisu_etl.sources._io import TruncatedInput
 from taisu_etl.sources.detect import FORMATS, URL_LIST_FORMATS, detect_format, read_source
 from taisu_etl.sources.records import BadRow, SourceRow, SourceStats
 from taisu_etl.sources.tabular import read_csv, read_jsonl, read_parquet
@@ -20,6 +23,7 @@ __all__ = [
     "CaptionRecord",
     "SourceRow",
     "SourceStats",
+    "TruncatedInput",
     "caption_form",
     "detect_format",
     "iter_caption_file",

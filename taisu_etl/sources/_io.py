@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from taisu_etl.errors import InputError
+from taisu_etl.sources.records import BadRow
 
 # A line longer than this is not a caption row: reading it whole could exhaust memory (a 30 GB
 # single-line JSON given to a line reader, a binary file with no newline), so it is skipped.
@@ -39,6 +40,23 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"\x1f\x8b", "gzip data"),
     (b"\xfd7zXZ\x00", "xz data"),
 )
+
+
+class TruncatedInput(InputError):
+    """An input that breaks off part-way (truncated or corrupt data): everything before `position` was read whole.
+
+    Readers raise it instead of yielding a bad row, so that nobody reading rows mistakes a partial
+    file for a whole one; the ingest stage keeps the rows before the break and records the break
+    as a `truncated_input` issue (`bad_row`).
+    """
+
+    def __init__(self, path: str, position: str, detail: str) -> None:
+        self.position = position  # "after line 17", "after row 17", "after entry 17", "before the first line"
+        self.detail = " ".join(detail.split())  # decoders' messages can span lines; an error is one line
+        super().__init__(path, self.detail)
+
+    def bad_row(self) -> BadRow:
+        return BadRow(self.path, self.position, "truncated_input", self.detail)
 
 
 def compression_of(head: bytes) -> str | None:
@@ -83,17 +101,31 @@ def describe_binary(head: bytes) -> str | None:
     return None
 
 
+def _decompressed_head(path: str | os.PathLike[str], size: int) -> bytes:
+    """Up to `size` decompressed bytes; of truncated data, those before the break (the line reader
+    then stops at the break and says where). TruncatedInput when not one byte can be decompressed."""
+    got = bytearray()
+    with open_binary(path) as f:
+        while len(got) < size:
+            try:
+                chunk = f.read1(size - len(got))  # read() would drop the bytes decompressed before the break
+            except STREAM_ERRORS as exc:
+                if got:
+                    break
+                raise TruncatedInput(
+                    str(path), "before the first line", f"compressed data is truncated or corrupt from the start ({exc}); re-download the file"
+                ) from None
+            if not chunk:
+                break
+            got += chunk
+    return bytes(got)
+
+
 def text_head(path: str | os.PathLike[str], what: str) -> bytes:
     """The first decompressed bytes of a file that must be text; InputError if it is not."""
     raw = read_head(path, SNIFF_BYTES)
     if compression_of(raw) is not None:
-        try:
-            with open_binary(path) as f:
-                raw = f.read(SNIFF_BYTES)
-        except STREAM_ERRORS as exc:
-            raise InputError(
-                str(path), f"not {what}: compressed data is corrupt ({exc}); re-download the file"
-            ) from None
+        raw = _decompressed_head(path, SNIFF_BYTES)
     found = describe_binary(raw)
     if found is not None:
         raise InputError(str(path), f"not {what}: it looks like {found}; check the file name and format")
@@ -113,7 +145,8 @@ def iter_lines(f: BinaryIO, origin: str, max_len: int | None = None) -> Iterator
     (default MAX_LINE_BYTES).
 
     Bounded memory whatever the input: an over-long line is drained in chunks and never held.
-    A truncated compressed stream is an InputError naming the last good line.
+    A truncated compressed stream is a TruncatedInput naming the last good line; no part of the
+    line it broke in is yielded.
     """
     if max_len is None:
         max_len = MAX_LINE_BYTES
@@ -122,8 +155,9 @@ def iter_lines(f: BinaryIO, origin: str, max_len: int | None = None) -> Iterator
         try:
             chunk = f.readline(max_len + 1)
         except STREAM_ERRORS as exc:
-            raise InputError(
-                origin, f"compressed data is truncated or corrupt after line {lineno} ({exc}); re-download the file"
+            raise TruncatedInput(
+                origin, f"after line {lineno}" if lineno else "before the first line",
+                f"compressed data is truncated or corrupt after line {lineno} ({exc}); re-download the file",
             ) from None
         if not chunk:
             return
@@ -137,8 +171,8 @@ def iter_lines(f: BinaryIO, origin: str, max_len: int | None = None) -> Iterator
                 if not more or more.endswith(b"\n"):
                     break
         except STREAM_ERRORS as exc:
-            raise InputError(
-                origin, f"compressed data is truncated or corrupt in line {lineno} ({exc}); re-download the file"
+            raise TruncatedInput(
+                origin, f"after line {lineno - 1}", f"compressed data is truncated or corrupt in line {lineno} ({exc}); re-download the file"
             ) from None
         yield lineno, None
 

@@ -10,12 +10,15 @@ ledger can be traced back to the byte range it was read from. Positions follow o
     "entry 17"                TaiSu's single JSON object; 1-based entry in the object. `line` is None.
     "member 123.jpg"          an archive member, named as stored in the archive. `line` is None.
     "after member 123.jpg"    a fault between members (truncated archive, unreadable header).
+    "after line 17"           where a file breaks off (`truncated_input`): everything up to and
+                              including line / row / entry 17 was read whole, nothing after it;
+                              "before the first line" when nothing could be read.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +29,28 @@ INGEST_REASONS = frozenset(code for code, (stage, _) in REASONS.items() if stage
 
 def _where(origin: str, position: str, line: int | None) -> str:
     return f"{origin}:{line}" if line is not None else f"{origin} ({position})"
+
+
+def without_nul(text: str) -> str:
+    """`text` with each NUL character written as the escape `\\x00` (for messages and positions)."""
+    return text.replace("\x00", "\\x00")
+
+
+def nul_field(values: Mapping[str, Any]) -> str | None:
+    """The name of the first text value in `values` that holds a NUL character, else None.
+
+    Postgres text cannot hold NUL (SQLite can): such a row is refused on every database alike, so
+    a ledger does not depend on where it was built.
+    """
+    for name, value in values.items():
+        if isinstance(value, str) and "\x00" in value:
+            return name
+    return None
+
+
+def nul_row(name: str, origin: str, position: str, line: int | None) -> "BadRow":
+    """The bad row for a record whose `name` field holds a NUL character."""
+    return BadRow(origin, position, "nul_char", f"the {name} holds a NUL character (\\x00), which the ledger cannot store", line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +94,12 @@ class BadRow:
         # The ledger refuses unknown codes; failing here points at the reader that made the typo.
         if self.reason not in INGEST_REASONS:
             raise ValueError(f"{self.reason!r} is not an ingest reason code (one of {sorted(INGEST_REASONS)})")
+        # Details quote the offending value and positions name archive members: both are stored as
+        # an ingest issue, and one NUL there would fail the whole batch of issues on Postgres.
+        for name in ("position", "detail"):
+            value = getattr(self, name)
+            if "\x00" in value:
+                object.__setattr__(self, name, without_nul(value))
 
     @property
     def where(self) -> str:

@@ -5,8 +5,10 @@ Wukong's release (`wukong_100m_N.csv`, columns `url,caption`) and LAION-style Pa
 
 Memory stays flat: text files are read one physical line at a time and decoded per line, so one
 line of bad UTF-8 costs one bad row, not the file; Parquet is read in record batches of the
-needed columns only. Problems with a row become `BadRow`s; problems with the file (wrong
-columns, not a CSV at all, truncated compression) raise one `InputError`.
+needed columns only. Problems with a row become `BadRow`s (a NUL character in a field the ledger
+would store is one: `nul_char`); problems with the file (wrong columns, not a CSV at all) raise
+one `InputError`, and a file that breaks off (truncated compression, corrupt Parquet data) raises
+its subclass `TruncatedInput` after the rows before the break.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from taisu_etl.errors import InputError
-from taisu_etl.sources._io import describe_binary, iter_lines, open_binary, require_file, text_head, too_long_detail
-from taisu_etl.sources.records import BadRow, SourceRow
+from taisu_etl.sources._io import TruncatedInput, describe_binary, iter_lines, open_binary, require_file, text_head, too_long_detail
+from taisu_etl.sources.records import BadRow, SourceRow, nul_field, nul_row
 from taisu_etl.urls import normalise_url
 
 Record = SourceRow | BadRow
@@ -94,6 +96,12 @@ def _make_row(
     line: int | None,
     extra: dict[str, Any] | None,
 ) -> Record:
+    values = {"URL": url_value, "caption": caption}
+    if extra:
+        values.update((f"column {name!r}", value) for name, value in extra.items())
+    nul = nul_field(values)
+    if nul is not None:
+        return nul_row(nul, origin, position, line)
     checked = check_url(url_value, origin, position, line)
     if isinstance(checked, BadRow):
         return checked
@@ -385,8 +393,8 @@ def read_parquet(
                 extra = {n: values[i] for n, values in extra_values.items()} if extra_names else None
                 yield _make_row(url_values[i], cap_values[i], origin, position, None, extra)
     except (pa.ArrowException, OSError) as exc:
-        raise InputError(
-            origin, f"Parquet data is corrupt after row {row} ({exc}); re-export or re-download it"
+        raise TruncatedInput(
+            origin, f"after row {row}", f"Parquet data is corrupt after row {row} ({exc}); re-export or re-download it"
         ) from None
 
 

@@ -30,6 +30,7 @@ import ijson
 from taisu_etl.errors import InputError
 from taisu_etl.sources._io import (
     STREAM_ERRORS,
+    TruncatedInput,
     compression_of,
     describe_binary,
     iter_lines,
@@ -39,7 +40,7 @@ from taisu_etl.sources._io import (
     text_head,
     too_long_detail,
 )
-from taisu_etl.sources.records import BadRow, SourceRow
+from taisu_etl.sources.records import BadRow, SourceRow, nul_field, nul_row
 from taisu_etl.sources.tabular import check_url
 
 Record = SourceRow | BadRow
@@ -102,6 +103,9 @@ def _entry(key: Any, value: Any, origin: str, position: str, line: int | None) -
             w, g = _caption(value), None
     except TypeError as exc:
         return BadRow(origin, position, "unparsable", f"caption of id {image_id!r} is a {exc}, not text", line)
+    nul = nul_field({"caption id": image_id, "web caption (w)": w, "generated caption (g)": g, "URL": url})
+    if nul is not None:
+        return nul_row(nul, origin, position, line)
     return CaptionRecord(image_id, w, g, origin, position, line, url)
 
 
@@ -158,14 +162,17 @@ def _json_form(path: str | os.PathLike[str]) -> str:
         # (it refuses over-long lines, so a broken 30 GB object costs one bounded read).
         return "jsonl"
     except STREAM_ERRORS as exc:
-        raise InputError(str(path), f"compressed data is truncated or corrupt ({exc}); re-download the file") from None
+        raise TruncatedInput(
+            str(path), "before the first record", f"compressed data is truncated or corrupt near the start ({exc}); re-download the file"
+        ) from None
 
 
 def iter_caption_file(path: str | os.PathLike[str], form: str | None = None) -> Iterator[CaptionRecord | BadRow]:
     """Caption records of one TaiSu caption file, in file order; bad lines become BadRows.
 
     form: 'json-object', 'jsonl' or 'txt'; None detects it from the first bytes.
-    A single JSON object that breaks part-way cannot be resynchronised, so that raises InputError.
+    A file that breaks off part-way (a single JSON object cannot be resynchronised after an error,
+    nor a compressed stream) raises TruncatedInput after the records before the break.
     """
     origin = str(path)
     form = form or caption_form(path)
@@ -188,13 +195,14 @@ def _iter_json_object(path: str | os.PathLike[str], origin: str) -> Iterator[Cap
                 count += 1
                 yield _entry(key, value, origin, f"entry {count}", None)
     except ijson.JSONError as exc:
-        raise InputError(
+        raise TruncatedInput(
             origin,
+            f"after entry {count}",
             f"JSON object is broken after entry {count} ({exc}); the file is truncated or corrupt, re-download it",
         ) from None
     except STREAM_ERRORS as exc:
-        raise InputError(
-            origin, f"compressed data is truncated or corrupt after entry {count} ({exc}); re-download the file"
+        raise TruncatedInput(
+            origin, f"after entry {count}", f"compressed data is truncated or corrupt after entry {count} ({exc}); re-download the file"
         ) from None
 
 
@@ -262,7 +270,8 @@ def check_archive(path: str | os.PathLike[str]) -> None:
     """InputError unless `path` starts like a tar archive (plain, gzip, bzip2 or xz).
 
     A compressed file whose data breaks off before the first header passes: that is a damaged
-    archive, which reading records (damaged_member) without stopping the run, not a wrong file.
+    archive, which reading records (truncated_input) without stopping the other archives, not a
+    wrong file.
     """
     origin = str(path)
     require_file(path)
@@ -335,8 +344,9 @@ def _iter_members(path: str | os.PathLike[str], max_member_bytes: int) -> Iterat
     """Each member of one archive, streamed: never extracted to disk, one member in memory.
 
     A fault inside the data (truncated gzip, corrupt deflate, short member) cannot be skipped
-    over in a stream, so it ends this archive with one BadRow; a bad member whose bytes are
-    intact (not an image, too large, odd type) costs only that member.
+    over in a stream, so it ends this archive with one `truncated_input` BadRow; a bad member
+    whose bytes are intact (not an image, too large, odd type) costs only that member
+    (`damaged_member`).
     """
     origin = str(path)
     faults: tuple[type[BaseException], ...] = (tarfile.TarError, *STREAM_ERRORS)
@@ -348,19 +358,22 @@ def _iter_members(path: str | os.PathLike[str], max_member_bytes: int) -> Iterat
     def damaged(position: str, detail: str, image_id: str | None = None) -> _Damaged:
         return _Damaged(BadRow(origin, position, "damaged_member", detail), image_id)
 
+    def broken(position: str, detail: str, image_id: str | None = None) -> _Damaged:
+        return _Damaged(BadRow(origin, position, "truncated_input", detail), image_id)
+
     with open_binary(path) as raw:
         counted = _Counting(raw)
         try:
             tf = tarfile.open(fileobj=counted, mode="r|")  # type: ignore[call-overload]
         except faults as exc:
-            yield damaged(after(), f"archive cannot be read ({exc}); it is skipped")
+            yield broken(after(), f"archive cannot be read ({exc}); it is skipped")
             return
         with tf:
             while True:
                 try:
                     member = tf.next()
                 except faults as exc:
-                    yield damaged(after(), f"archive is truncated or corrupt ({exc}); the rest of it is skipped")
+                    yield broken(after(), f"archive is truncated or corrupt ({exc}); the rest of it is skipped")
                     return
                 if member is None:
                     break
@@ -375,6 +388,9 @@ def _iter_members(path: str | os.PathLike[str], max_member_bytes: int) -> Iterat
                     name.encode("utf-8")
                 except UnicodeEncodeError:
                     yield damaged(position, "member name is not valid UTF-8")
+                    continue
+                if "\x00" in name:  # possible in a pax header; the id and position would carry it into the ledger
+                    yield damaged(position, "member name holds a NUL character (\\x00)")
                     continue
                 if not member.isfile():
                     yield damaged(position, "not a regular file (link, device or fifo)")
@@ -394,7 +410,7 @@ def _iter_members(path: str | os.PathLike[str], max_member_bytes: int) -> Iterat
                     extracted = tf.extractfile(member)
                     data = extracted.read() if extracted is not None else b""
                 except faults as exc:
-                    yield damaged(
+                    yield broken(
                         position,
                         f"archive is truncated or corrupt inside this member ({exc}); the rest of it is skipped",
                         image_id,
@@ -414,12 +430,12 @@ def _iter_members(path: str | os.PathLike[str], max_member_bytes: int) -> Iterat
                 while chunk := tf.fileobj.read(1 << 16):
                     trailing = trailing or bool(chunk.strip(b"\0"))
             except faults as exc:
-                yield damaged(after(), f"compressed data ends early ({exc}); the archive is truncated")
+                yield broken(after(), f"compressed data ends early ({exc}); the archive is truncated")
                 return
             if counted.count < end + tarfile.BLOCKSIZE:
-                yield damaged(after(), "archive ends without its end-of-archive marker (truncated)")
+                yield broken(after(), "archive ends without its end-of-archive marker (truncated)")
             elif trailing:
-                yield damaged(after(), f"unreadable member header at byte {end}; the rest of the archive is skipped")
+                yield broken(after(), f"unreadable member header at byte {end}; the rest of the archive is skipped")
 
 
 # --------------------------------------------------------------------------- the join
@@ -479,8 +495,12 @@ def read_taisu(
     """Images of TaiSu archive parts joined with their captions, then what could not be joined.
 
     Yields, in order: BadRows of the caption files; per archive member a SourceRow (image bytes,
-    caption=w, generated_caption=g, source_id=id) or a BadRow (no_caption, damaged_member);
-    finally a BadRow no_image per caption that no member claimed.
+    caption=w, generated_caption=g, source_id=id) or a BadRow (no_caption, damaged_member, and
+    truncated_input where an archive breaks off: the next archive is still read); finally a BadRow
+    no_image per caption that no member claimed, unless an archive broke off (its lost members
+    may be those images, so that list waits for a run on the repaired archive).
+    A caption file that breaks off raises TruncatedInput before any archive is read: every image
+    whose caption came after the break would otherwise be refused as no_caption.
 
     index_dir: where the temporary caption index lives (default: the system temp dir). It needs
     room for about the size of the caption files.
@@ -519,6 +539,7 @@ def _join(
                     index.add(batch)
 
             matched: list[str] = []
+            broke_off = False
             for archive in archives:
                 origin = str(archive)
                 for member in _iter_members(archive, max_member_bytes):
@@ -528,6 +549,7 @@ def _join(
                             index.mark(matched)
                             matched = []
                     if isinstance(member, _Damaged):
+                        broke_off = broke_off or member.bad.reason == "truncated_input"
                         yield member.bad
                         continue
                     position = f"member {member.name}"
@@ -543,6 +565,8 @@ def _join(
                         continue
                     yield _image_row(raw_url, w, g, origin, position, member)
             index.mark(matched)
+            if broke_off:
+                return
 
             for image_id, origin_no, position, line in index.unmatched():
                 yield BadRow(

@@ -131,15 +131,14 @@ def test_truncated_tgz_is_recorded_and_the_next_archive_still_read(tmp_path: Pat
     from_cut = [r for r in records if r.origin == str(cut)]
     damaged = [r for r in from_cut if isinstance(r, BadRow)]
     images = [r for r in from_cut if isinstance(r, SourceRow)]
-    assert len(damaged) == 1 and damaged[0].reason == "damaged_member"
+    assert len(damaged) == 1 and damaged[0].reason == "truncated_input"
     assert "truncated" in damaged[0].detail and "rest" in damaged[0].detail
     assert 1 <= len(images) < 10
     assert [r.source_id for r in images] == [str(i) for i in range(30, 30 + len(images))]
     assert [r.source_id for r in records if isinstance(r, SourceRow) and r.origin == str(after)] == ["40"]
-    # A member being read when the data ran out still counts as present; the rest have no image.
-    inside = damaged[0].position.startswith("member ")
-    no_image = [r for r in records if isinstance(r, BadRow) and r.reason == "no_image"]
-    assert [r.line for r in no_image] == list(range(1 + len(images) + inside, 11))
+    # The captions of the lost members are not called image-less: their images may be in the lost
+    # part, and a re-run on the repaired archive would leave those no_image issues behind, wrong.
+    assert not [r for r in records if isinstance(r, BadRow) and r.reason == "no_image"]
 
 
 def test_truncated_plain_tar_at_a_member_boundary(tmp_path: Path) -> None:
@@ -158,7 +157,7 @@ def test_truncated_plain_tar_at_a_member_boundary(tmp_path: Path) -> None:
     records = list(read_taisu([path], [captions]))
     assert [r.source_id for r in records if isinstance(r, SourceRow)] == ["1", "2"]
     (bad,) = [r for r in records if isinstance(r, BadRow)]
-    assert (bad.reason, bad.position) == ("damaged_member", "after member 2.jpg")
+    assert (bad.reason, bad.position) == ("truncated_input", "after member 2.jpg")
     assert "end-of-archive" in bad.detail
 
 
@@ -339,7 +338,7 @@ def test_single_json_object_is_parsed_incrementally(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.parametrize("mode,suffix", [("w:gz", ".tgz"), ("w", ".tar")])
-def test_any_truncation_is_one_damaged_member_and_keeps_what_came_before(
+def test_any_truncation_is_one_break_and_keeps_what_came_before(
     tmp_path: Path, mode: str, suffix: str
 ) -> None:
     members = [(f"{i}.jpg", jpeg(i, size=32, noise=True)) for i in range(6)]
@@ -352,7 +351,8 @@ def test_any_truncation_is_one_damaged_member_and_keeps_what_came_before(
         path = tmp_path / f"baidu_image0{suffix}"
         path.write_bytes(whole[:cut])
         records = list(read_taisu([path], [captions]))
-        damaged = [r for r in records if isinstance(r, BadRow) and r.reason == "damaged_member"]
+        damaged = [r for r in records if isinstance(r, BadRow) and r.reason == "truncated_input"]
         assert len(damaged) == 1, (cut, damaged)
+        assert not [r for r in records if isinstance(r, BadRow) and r.reason == "damaged_member"], cut
         kept.append(sum(isinstance(r, SourceRow) for r in records))
     assert kept == sorted(kept) and kept[0] == 0 and kept[-1] >= 4
