@@ -401,5 +401,21 @@ END $$;
 
 UPDATE alembic_version SET version_num='0002' WHERE alembic_version.version_num = '0001';
 
+-- Running upgrade 0002 -> 0003
+
+ALTER TABLE release ADD COLUMN owner VARCHAR(128);
+
+COMMENT ON COLUMN release.owner IS 'lease owner token of the run that claimed the name (label@host:pid:start)';
+
+ALTER TABLE release ADD COLUMN owner_since TIMESTAMP WITH TIME ZONE;
+
+COMMENT ON COLUMN release.owner_since IS 'when that run claimed it';
+
+ALTER TABLE release ADD COLUMN heartbeat_at TIMESTAMP WITH TIME ZONE;
+
+COMMENT ON COLUMN release.heartbeat_at IS 'the owner''s last renewal of its claim while staging';
+
+UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002';
+
 COMMIT;
 

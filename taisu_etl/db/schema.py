@@ -156,6 +156,12 @@ release = sa.Table(
     sa.Column("published_at", Ts),
     sa.Column("version", sa.Integer, nullable=False, server_default="1", comment="1 when published; +1 per takedown patch"),
     sa.Column("withdrawn_at", Ts),
+    # Who is creating the release: a run claims the name (one run at a time), renews `heartbeat_at`
+    # while it builds, and keeps the claim to publish or fail; a provably dead owner, or one whose
+    # heartbeat is older than the timeout, is taken over by the next run.
+    sa.Column("owner", sa.String(128), comment="lease owner token of the run that claimed the name (label@host:pid:start)"),
+    sa.Column("owner_since", Ts, comment="when that run claimed it"),
+    sa.Column("heartbeat_at", Ts, comment="the owner's last renewal of its claim while staging"),
     sa.UniqueConstraint("name"),
 )
 

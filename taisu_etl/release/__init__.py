@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from taisu_etl.release.build import ReleaseReport, create_release
     from taisu_etl.release.diff import DiffReport, diff_releases, iter_diff
-    from taisu_etl.release.errors import ReleaseError, ReleaseExistsError, ReleaseNotFoundError
+    from taisu_etl.release.errors import ReleaseBusyError, ReleaseError, ReleaseExistsError, ReleaseNotFoundError, ReleaseTakenOverError
     from taisu_etl.release.manifest import read_manifest
     from taisu_etl.release.options import FORMATS, LATEST, ReleaseOptions
     from taisu_etl.release.verify import Problem, VerifyReport, verify_release
@@ -29,6 +29,7 @@ _EXPORTS = {
     "ReleaseReport": "build", "create_release": "build",
     "DiffReport": "diff", "diff_releases": "diff", "iter_diff": "diff",
     "ReleaseError": "errors", "ReleaseExistsError": "errors", "ReleaseNotFoundError": "errors",
+    "ReleaseBusyError": "errors", "ReleaseTakenOverError": "errors",
     "read_manifest": "manifest",
     "FORMATS": "options", "LATEST": "options", "ReleaseOptions": "options",
     "PatchReport": "patch", "WithdrawReport": "patch", "patch_release": "patch", "withdraw_release": "patch",
@@ -50,11 +51,13 @@ __all__ = [
     "LATEST",
     "DiffReport",
     "Problem",
+    "ReleaseBusyError",
     "ReleaseError",
     "ReleaseExistsError",
     "ReleaseNotFoundError",
     "ReleaseOptions",
     "ReleaseReport",
+    "ReleaseTakenOverError",
     "PatchReport",
     "VerifyReport",
     "WithdrawReport",

@@ -3,14 +3,18 @@
 Crash safety: every file goes to its final key under `releases/NAME/`, and `manifest.json` is
 written last; a release exists exactly when its manifest does, so a crash at any moment leaves no
 release (a re-run clears the leftovers and starts again) or a complete one. Files are built in a
-temporary directory, hashed as they are written, and uploaded while the next shard is built.
+local build folder (workspace.py), hashed as they are written, and uploaded while the next shard
+is built.
+
+One run at a time: the run claims the name first (claim.py) and only the claim's holder clears,
+uploads, records members and publishes; a second run is refused with ReleaseBusyError, and a run
+whose claim was taken over (it was thought dead) stops without publishing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +27,7 @@ from taisu_etl.db.context import RunContext
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.release import card, layout, records
 from taisu_etl.release.captions import CaptionWriters
+from taisu_etl.release.claim import DEFAULT_STALE_SECONDS, ReleaseClaim
 from taisu_etl.release.diff import merge_diff
 from taisu_etl.release.errors import ReleaseError, ReleaseExistsError
 from taisu_etl.release.fonts import find_cjk_font
@@ -33,6 +38,7 @@ from taisu_etl.release.selection import SelectionStats, iter_members
 from taisu_etl.release.stats import ReleaseStats
 from taisu_etl.release.tarwriter import Digest, HashingFile, TarWriter
 from taisu_etl.release.webdataset import add_sample, sizes_json
+from taisu_etl.release.workspace import build_folder
 from taisu_etl.storage import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -84,9 +90,10 @@ class _Skipped:
 class _Uploader:
     """Uploads finished files in the background and deletes the local copies; keeps their entries."""
 
-    def __init__(self, store: ObjectStore, name: str, workers: int = 2) -> None:
+    def __init__(self, store: ObjectStore, name: str, guard: Callable[[], None], workers: int = 2) -> None:
         self._store = store
         self._name = name
+        self._guard = guard  # raises once this run may no longer write the release's keys
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="release-upload")
         self._pending: deque[Future[FileEntry]] = deque()
         self.entries: list[FileEntry] = []
@@ -98,6 +105,7 @@ class _Uploader:
             self.entries.append(self._pending.popleft().result())
 
     def _put(self, path: str, local: Path, digest: Digest) -> FileEntry:
+        self._guard()
         self._store.put_file(layout.key(self._name, path), local)
         local.unlink(missing_ok=True)
         return FileEntry(path, digest.sha256, digest.size)
@@ -174,10 +182,14 @@ class _Shard:
         return out
 
 
-def _clear(store: ObjectStore, name: str) -> int:
-    """Delete what a crashed run left under the release's prefix (there is no manifest: checked)."""
+def _clear(store: ObjectStore, name: str, claim: ReleaseClaim) -> int:
+    """Delete what a crashed run left under the release's prefix (there is no manifest: checked).
+
+    Only the claim's holder gets here, so the files are not a live run's.
+    """
     stale = [info.key for info in store.list(layout.prefix(name))]
     for k in stale:
+        claim.check()
         store.delete_all_versions(k)
     return len(stale)
 
@@ -206,11 +218,15 @@ def create_release(
     ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions | None = None, *,
     ctx: RunContext | None = None, progress: Callable[[str], None] | None = None,
     font_path: str | None = None, workdir: str | Path | None = None, fetch_workers: int = 8,
+    stale_after: float = DEFAULT_STALE_SECONDS,
 ) -> ReleaseReport:
     """Build and publish release `name` from the ledger's eligible samples; see the package docstring.
 
-    Refuses a name that is already published. `ctx` is accepted for symmetry with the stages: a
-    release writes no sample events (membership is recorded in `release_member`).
+    Refuses a name that is already published (ReleaseExistsError) or being created by another live
+    run (ReleaseBusyError); a run of another node counts as gone once its claim has not been renewed
+    for `stale_after` seconds. Files are built in a folder under `workdir` (the CLI passes
+    `<TAISU home>/tmp`; default the system's temporary directory). `ctx` is accepted for symmetry
+    with the stages: a release writes no sample events (membership is recorded in `release_member`).
     """
     del ctx  # no per-sample events: release_member is the record of membership
     options = options or ReleaseOptions()
@@ -234,37 +250,39 @@ def create_release(
     font = find_cjk_font(font_path)  # before any work: a missing font must not cost a whole build
     parent, parent_id = _resolve_parent(ledger, store, name, options)
     recipe = options.recipe(parent)
-    release_id = records.start(engine, name, parent_id, recipe)
+    claim = ReleaseClaim.acquire(engine, name, parent_id, recipe, stale_after=stale_after)
     try:
-        cleared = _clear(store, name)
+        cleared = _clear(store, name, claim)
         if cleared:
             say(f"removed {cleared} files an earlier, unfinished run of {name} left behind")
-        report = _build(ledger, store, name, options, parent, release_id, recipe, font, say, workdir, fetch_workers)
+        report = _build(ledger, store, name, options, parent, claim, recipe, font, say, workdir, fetch_workers)
     except BaseException:
         try:
-            records.fail(engine, release_id)
+            claim.fail()
         except Exception:  # the original error matters more than the bookkeeping
             log.exception("could not mark release %s failed", name)
         raise
+    finally:
+        claim.close()
     report.seconds = time.perf_counter() - started
     say(report.summary())
     return report
 
 
 def _build(
-    ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions, parent: str | None, release_id: int,
+    ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions, parent: str | None, claim: ReleaseClaim,
     recipe: dict[str, Any], font: str, say: Callable[[str], None], workdir: str | Path | None, fetch_workers: int,
 ) -> ReleaseReport:
     engine = ledger.engine
+    release_id = claim.release_id
     selection = SelectionStats()
     skipped = _Skipped()
     stats = ReleaseStats()
     shard_sizes: dict[str, int] = {}
     say(f"release {name}: selecting samples from {engine.url.render_as_string(hide_password=True)}"
         f"{f' (parent {parent})' if parent else ''}")
-    with tempfile.TemporaryDirectory(prefix=f"taisu-release-{name}-", dir=workdir) as tmpdir:
-        tmp = Path(tmpdir)
-        uploader = _Uploader(store, name)
+    with build_folder(workdir, name, claim.owner, say) as tmp:
+        uploader = _Uploader(store, name, claim.check)
         try:
             captions = CaptionWriters(tmp) if "taisu" in options.formats else None
             ids_file = HashingFile(tmp / "ids.txt")
@@ -280,6 +298,7 @@ def _build(
                     skipped.bad_image += 1
                     continue
                 if shard is not None and shard.count >= options.shard_size:
+                    claim.check()
                     _finish_shard(shard, shard_sizes, uploader, stats, say)
                     index += 1
                     shard = None
@@ -289,11 +308,11 @@ def _build(
                 ids_file.write(f"{row['url_id']}\n".encode())
                 members.append((row["id"], shard.name))
                 if len(members) >= MEMBER_BATCH:
-                    records.add_members(engine, release_id, members)
+                    claim.add_members(members)
                     members = []
             if shard is not None:
                 _finish_shard(shard, shard_sizes, uploader, stats, say)
-            records.add_members(engine, release_id, members)
+            claim.add_members(members)
             skipped.duplicate_id, skipped.source_filtered = selection.duplicate_id, selection.source_filtered
             if stats.samples == 0:
                 raise ReleaseError(f"no sample is eligible for release {name} with these options: nothing to publish")
@@ -322,9 +341,10 @@ def _build(
                 uploader.submit(path, local, hash_file(local))
             files = uploader.drain()
             sums = sha256sums(files)
+            claim.check()
             store.put(layout.key(name, layout.SHA256SUMS), sums)
             files.append(FileEntry(layout.SHA256SUMS, hashlib.sha256(sums).hexdigest(), len(sums)))
-            manifest_key = _commit(ledger, store, name, release_id, with_files(body, files), counts)
+            manifest_key = _commit(ledger, store, name, claim, with_files(body, files), counts)
         finally:
             uploader.close()
     return ReleaseReport(
@@ -334,19 +354,23 @@ def _build(
     )
 
 
-def _commit(ledger: Ledger, store: ObjectStore, name: str, release_id: int, manifest: dict[str, Any], counts: dict[str, Any]) -> str:
-    """The last takedown check, the manifest and the publish, atomic against a takedown.
+def _commit(ledger: Ledger, store: ObjectStore, name: str, claim: ReleaseClaim, manifest: dict[str, Any], counts: dict[str, Any]) -> str:
+    """The last ownership and takedown checks, the manifest and the publish, atomic against a takedown
+    and a takeover.
 
-    One transaction holds the release row lock (records.lock_for_patch) from the check to the
-    publish; a takedown takes the same lock to decide whether the release needs a patch. So a
-    takedown either lands before the check (this build refuses to publish) or finds the release
-    published and patches it. A crash between the manifest and the commit is recovered by the
-    next `create` (mark_published).
+    One transaction holds the release row lock (records.lock_for_patch) from the checks to the
+    publish; a takedown takes the same lock to decide whether the release needs a patch, and a
+    takeover's conditional UPDATE waits for it. So a takedown either lands before the check (this
+    build refuses to publish) or finds the release published and patches it, and a run whose claim
+    was taken over finds another owner here and publishes nothing. A crash between the manifest and
+    the commit is recovered by the next `create` (mark_published).
     """
     data = dumps(manifest)
     manifest_key = layout.key(name, layout.MANIFEST)
+    release_id = claim.release_id
     with ledger.engine.begin() as conn:
-        records.lock_for_patch(conn, release_id)
+        row = records.lock_for_patch(conn, release_id)
+        records.check_owner(conn, row, name, release_id, claim.token)
         withdrawn = records.withdrawn_members(conn, release_id)
         if withdrawn:
             raise ReleaseError(

@@ -40,7 +40,11 @@ def create(
     parent: Annotated[Optional[str], typer.Option("--parent", help="release to compare with (default: the latest published)")] = None,
     no_parent: Annotated[bool, typer.Option("--no-parent", help="no removal list: compare with nothing")] = False,
 ) -> None:
-    """Package the accepted samples as release NAME under releases/NAME/ in the object store."""
+    """Package the accepted samples as release NAME under releases/NAME/ in the object store.
+
+    One run at a time per name: another run of NAME is refused while this one builds. Files are
+    built under <TAISU home>/tmp; folders that killed runs left there go at the next run.
+    """
     from taisu_etl.release.build import create_release
     from taisu_etl.release.errors import ReleaseError
     from taisu_etl.release.options import LATEST, ReleaseOptions
@@ -57,7 +61,9 @@ def create(
     try:
         store = open_store(settings)
         store.check()
-        create_release(ledger, store, name, options, progress=typer.echo)
+        # A silent run on another node is taken over after the same time a stage's silent lease runs out.
+        create_release(ledger, store, name, options, progress=typer.echo, workdir=settings.home / "tmp",
+                       stale_after=float(settings.pipeline.lease_seconds))
     finally:
         ledger.dispose()
     where = settings.objects_root / "releases" / name if settings.store == "local" else None
@@ -92,7 +98,8 @@ def verify(
         typer.echo(report.summary())
         raise ReleaseError(f"release {name} was withdrawn: there is nothing to verify")
     if not report.exists:
-        raise ReleaseNotFoundError(f"release {name} does not exist in {store.describe()} (no releases/{name}/manifest.json)")
+        building = f": it is being created by {report.staging_holder}" if report.staging_holder else ""
+        raise ReleaseNotFoundError(f"release {name} does not exist in {store.describe()} (no releases/{name}/manifest.json){building}")
     typer.echo(json.dumps(report.as_dict(), ensure_ascii=False, indent=2) if as_json else report.summary())
     if not report.ok:
         raise ReleaseError(f"release {name} failed verification: {len(report.problems)} problem(s), listed above")
@@ -142,6 +149,8 @@ def list_releases(recipe: RecipeOpt = None) -> None:
         there = "present" if store.exists(layout.key(r["name"], layout.MANIFEST)) else "absent"
         if r["withdrawn_at"] is not None:
             there += f" (withdrawn {r['withdrawn_at'].strftime('%Y-%m-%d %H:%M:%S')})"
+        if r["state"] == records.STAGING:
+            there += f" (being created by {records.holder(r)})"
         version = r["version"] if r["state"] in (records.PUBLISHED, records.WITHDRAWN) else "-"
         typer.echo(f"{r['name']:<{w}}{r['state']:<11}{version:>7}{samples if samples is not None else '-':>10}  "
                    f"{r['parent_name'] or '-':<{pw}}{published:<21}{there}")

@@ -15,3 +15,11 @@ class ReleaseExistsError(ReleaseError):
 
 class ReleaseNotFoundError(ReleaseError):
     """No published release (no manifest) under that name."""
+
+
+class ReleaseBusyError(ReleaseError):
+    """Another run, alive as far as anyone can tell, is creating a release of that name."""
+
+
+class ReleaseTakenOverError(ReleaseError):
+    """This run lost its claim on the release (another run took it over): it must not publish."""

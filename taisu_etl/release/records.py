@@ -4,6 +4,11 @@ withdrawn), their members and their versions (`release_version`, one per publish
 Plain SQLAlchemy Core on `ledger.engine`, so it runs on SQLite and Postgres alike; members are
 inserted in batches (insertmanyvalues), each batch its own short transaction.
 
+One run at a time creates a release: `start` claims the name for a lease owner token (host, pid,
+process start; taisu_etl/db/leases.py), the run renews `heartbeat_at` while it builds, and members,
+publish and fail are conditional on the claim still being its own. A claim is taken over only from
+a failed run, an owner provably dead on this node, or one whose heartbeat is older than a timeout.
+
 Two locks keep a release consistent while takedowns run:
 - the release row lock (`lock_for_patch`), held by a build while it re-checks takedowns and
   publishes, and by a takedown while it decides whether to patch: a takedown lands either before
@@ -19,22 +24,25 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from taisu_etl.db.leases import LeaseOwner
 from taisu_etl.db.schema import release, release_member, release_version, sample, sample_state
-from taisu_etl.release.errors import ReleaseError
+from taisu_etl.release.errors import ReleaseBusyError, ReleaseError, ReleaseExistsError, ReleaseTakenOverError
 from taisu_etl.release.selection import blocked
 from taisu_etl.vocab import State
 
+log = logging.getLogger(__name__)
 STAGING, PUBLISHED, FAILED, WITHDRAWN = "staging", "published", "failed", "withdrawn"
 _BATCH = 500  # ids per IN (...) list
 _PAGE = 5000  # rows per keyset page
@@ -62,34 +70,158 @@ def latest_published(engine: Engine, *, exclude: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def start(engine: Engine, name: str, parent_id: int | None, recipe: dict[str, Any]) -> int:
-    """Create the staging row, or take over the row a crashed or failed run left (its members go)."""
-    try:
-        with engine.begin() as conn:
-            row = conn.execute(sa.select(release.c.id, release.c.state).where(release.c.name == name)).first()
-            if row is None:
-                return int(conn.execute(
-                    sa.insert(release).values(name=name, state=STAGING, parent_id=parent_id, recipe=recipe).returning(release.c.id)
-                ).scalar_one())
-            if row.state == PUBLISHED:
-                raise ReleaseError(f"release {name} is already published: choose a new name")
-            if row.state == WITHDRAWN:
-                raise ReleaseError(f"release {name} was withdrawn: its name stays retired, choose a new one")
-            conn.execute(sa.delete(release_member).where(release_member.c.release_id == row.id))
-            conn.execute(sa.delete(release_version).where(release_version.c.release_id == row.id))
-            conn.execute(
-                sa.update(release).where(release.c.id == row.id)
-                .values(state=STAGING, parent_id=parent_id, recipe=recipe, counts=None, manifest_key=None, published_at=None,
-                        version=1, withdrawn_at=None)
-            )
-            return int(row.id)
-    except IntegrityError:
-        raise ReleaseError(f"another run is creating release {name} right now: wait for it or choose a new name") from None
+def _now_value(conn: Connection) -> Any:
+    """The time to write: Postgres's clock (every node compares heartbeats on one clock); here, UTC."""
+    return sa.func.now() if conn.dialect.name == "postgresql" else datetime.now(timezone.utc)
 
 
-def add_members(engine: Engine, release_id: int, members: Sequence[tuple[int, str]]) -> None:
-    if members:
-        with engine.begin() as conn:
+def _db_now(conn: Connection) -> datetime:
+    if conn.dialect.name == "postgresql":
+        return _aware(conn.execute(sa.select(sa.func.now())).scalar_one())  # type: ignore[return-value]
+    return datetime.now(timezone.utc)
+
+
+def _aware(when: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back without a zone; they were written in UTC."""
+    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
+
+
+def _iso(when: datetime | None) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else "an unknown time"
+
+
+def holder(row: Any, now: datetime | None = None) -> str:
+    """Who holds a staging row, for messages: `release@host:pid (started ...) since T (last heartbeat N s ago)`.
+
+    `row` has `owner`, `owner_since` and `heartbeat_at` (a result row or a dict from `get`).
+    """
+    get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
+    owner = get("owner")
+    who = LeaseOwner.parse(owner).describe() if owner else "a run of an older version (no owner recorded)"
+    beat = _aware(get("heartbeat_at"))
+    now = now or datetime.now(timezone.utc)
+    ago = f" (last heartbeat {max(0.0, (now - beat).total_seconds()):.0f} s ago)" if beat is not None else ""
+    return f"{who} since {_iso(_aware(get('owner_since')))}{ago}"
+
+
+def _abandoned(row: Any, now: datetime, stale_after: float) -> str | None:
+    """Why the staging row's owner may be taken over (`dead`, `stale`), or None while it may still be working.
+
+    Provably dead (it ran on this node and its process is gone) wins at once; a live owner on this
+    node is never taken over; an owner this node cannot see (another node, an older token) counts
+    as gone only when its heartbeat is older than `stale_after` seconds.
+    """
+    liveness = LeaseOwner.parse(row.owner).liveness() if row.owner else "unknown"
+    if liveness == "dead":
+        return "dead"
+    if liveness == "alive":
+        return None
+    beat = _aware(row.heartbeat_at)
+    return "stale" if beat is None or (now - beat).total_seconds() > stale_after else None
+
+
+def busy_message(name: str, row: Any, now: datetime) -> str:
+    return f"release {name} is being created by {holder(row, now)}: wait for it to finish, or choose another name"
+
+
+def start(engine: Engine, name: str, parent_id: int | None, recipe: dict[str, Any], owner: LeaseOwner, *,
+          stale_after: float) -> int:
+    """Claim the name for `owner` and return the staging row's id; one run at a time creates a release.
+
+    A new name gets a new row. A failed run's row, or the staging row of an owner that is provably
+    dead or whose heartbeat is older than `stale_after` seconds, is taken over (its members go) by
+    an UPDATE conditional on the state, owner and heartbeat just read: of two runs taking over the
+    same row, the one whose UPDATE matched wins. Raises ReleaseBusyError while a live run holds it,
+    ReleaseExistsError for a published or withdrawn name.
+    """
+    r = release.c
+    columns = (r.id, r.state, r.owner, r.owner_since, r.heartbeat_at)
+    for _ in range(5):  # each pass ends in a claim or an error unless another run changed the row meanwhile
+        try:
+            with engine.begin() as conn:
+                now, at = _db_now(conn), _now_value(conn)
+                claim = {"state": STAGING, "owner": owner.token, "owner_since": at, "heartbeat_at": at}
+                row = conn.execute(sa.select(*columns).where(r.name == name)).first()
+                if row is None:
+                    # Two runs inserting at once: the unique name makes the second an IntegrityError (read again below).
+                    return int(conn.execute(
+                        sa.insert(release).values(name=name, parent_id=parent_id, recipe=recipe, **claim).returning(r.id)
+                    ).scalar_one())
+                if row.state == PUBLISHED:
+                    raise ReleaseExistsError(f"release {name} is already published: releases are immutable, choose a new name")
+                if row.state == WITHDRAWN:
+                    raise ReleaseExistsError(f"release {name} was withdrawn: its name stays retired, choose a new one")
+                why = "failed" if row.state == FAILED else _abandoned(row, now, stale_after)
+                if why is None:
+                    raise ReleaseBusyError(busy_message(name, row, now))
+                same = [r.id == row.id, r.state == row.state, r.owner == row.owner if row.owner is not None else r.owner.is_(None)]
+                if why == "stale":  # judged on the database: a heartbeat that arrived since keeps the owner
+                    same.append(sa.or_(r.heartbeat_at.is_(None), r.heartbeat_at < now - timedelta(seconds=stale_after)))
+                taken = conn.execute(
+                    sa.update(release).where(*same)
+                    .values(parent_id=parent_id, recipe=recipe, counts=None, manifest_key=None, published_at=None, version=1,
+                            withdrawn_at=None, **claim)
+                ).rowcount
+                if taken != 1:
+                    continue  # the row changed under us: decide again on what it is now
+                if row.state == STAGING:
+                    log.warning("release %s: taking over from %s, whose claim is %s", name, holder(row, now),
+                                "provably dead" if why == "dead" else f"older than {stale_after:.0f} s")
+                conn.execute(sa.delete(release_member).where(release_member.c.release_id == row.id))
+                conn.execute(sa.delete(release_version).where(release_version.c.release_id == row.id))
+                return int(row.id)
+        except IntegrityError:
+            continue
+    with engine.connect() as conn:
+        row = conn.execute(sa.select(*columns).where(r.name == name)).first()
+        now = _db_now(conn)
+    if row is not None and row.state == STAGING:
+        raise ReleaseBusyError(busy_message(name, row, now))
+    raise ReleaseBusyError(f"release {name} is being claimed by other runs at the same moment: try again, or choose another name")
+
+
+def heartbeat(engine: Engine, release_id: int, owner: str) -> bool:
+    """Renew `owner`'s claim on the staging row; False when the claim is gone (taken over, or no longer staging)."""
+    with engine.begin() as conn:
+        return _renew(conn, release_id, owner)
+
+
+def _renew(conn: Connection, release_id: int, owner: str) -> bool:
+    r = release.c
+    return conn.execute(
+        sa.update(release).where(r.id == release_id, r.owner == owner, r.state == STAGING).values(heartbeat_at=_now_value(conn))
+    ).rowcount == 1
+
+
+def lost_message(conn: Connection, name: str, release_id: int) -> str:
+    """Why a run's claim on release `name` is gone, naming who holds it now."""
+    r = release.c
+    row = conn.execute(sa.select(r.id, r.state, r.owner, r.owner_since, r.heartbeat_at).where(r.id == release_id)).first()
+    if row is None:
+        return f"release {name}: its ledger row was deleted while this run was building it; nothing was published"
+    if row.state != STAGING:
+        return f"release {name} became {row.state} while this run was building it (another run took it over); nothing was published by this run"
+    return (f"release {name} was taken over by {holder(row, _db_now(conn))} while this run was building it "
+            "(this run was thought dead); nothing was published by this run")
+
+
+def check_owner(conn: Connection, row: dict[str, Any] | None, name: str, release_id: int, owner: str) -> None:
+    """Raise ReleaseTakenOverError unless `row` (read under the row lock) is still `owner`'s staging row."""
+    if row is None or row["state"] != STAGING or row["owner"] != owner:
+        raise ReleaseTakenOverError(lost_message(conn, name, release_id))
+
+
+def add_members(engine: Engine, release_id: int, members: Sequence[tuple[int, str]], *, owner: str, name: str) -> None:
+    """Record members, only while `owner` still holds the claim (checked and renewed in the same transaction).
+
+    A run that was taken over must not add its members to the new owner's row: the renewal's row
+    lock (Postgres) or the write lock (SQLite) orders this against a takeover, which deletes the
+    members of the run it replaces.
+    """
+    with engine.begin() as conn:
+        if not _renew(conn, release_id, owner):
+            raise ReleaseTakenOverError(lost_message(conn, name, release_id))
+        if members:
             conn.execute(sa.insert(release_member), [{"release_id": release_id, "sample_id": s, "shard": sh} for s, sh in members])
 
 
@@ -156,9 +288,11 @@ def mark_published(engine: Engine, release_id: int, manifest_key: str, manifest:
         _add_version(conn, release_id, int(manifest.get("version", 1)), manifest_key, manifest_sha256, int(counts.get("samples", 0)), None)
 
 
-def fail(engine: Engine, release_id: int) -> None:
+def fail(engine: Engine, release_id: int, owner: str) -> None:
+    """Mark the build failed, if `owner` still holds it: a run that was taken over must not fail its successor."""
+    r = release.c
     with engine.begin() as conn:
-        conn.execute(sa.update(release).where(release.c.id == release_id, release.c.state == STAGING).values(state=FAILED))
+        conn.execute(sa.update(release).where(r.id == release_id, r.state == STAGING, r.owner == owner).values(state=FAILED))
 
 
 def all_releases(engine: Engine) -> list[dict[str, Any]]:

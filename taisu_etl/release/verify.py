@@ -2,10 +2,20 @@
 
 Every file the manifest lists is read once: hashed and sized while it streams to a temporary file,
 then its members or lines are counted against the manifest (a patched version's `history/` files
-are listed there too). With a ledger, every id in `ids.txt` is checked against takedowns and the
-blocklist, the ledger's current members (`release_member` rows no patch removed) must be exactly
-the ids of `ids.txt`, and the manifest must be the version the ledger recorded. A withdrawn release
-reports withdrawn. Each problem names the file, what was expected and what was found.
+are listed there too). With a ledger, four records must agree:
+
+- the files: ids.txt has as many lines as the manifest has samples, every shard file as many
+  samples as its shard;
+- the ledger's `release` row: published, at the manifest's version, with the manifest's sha256 and
+  sample count (`release.counts`, `release_version.samples`);
+- the ledger's current members (`release_member` rows no patch removed): as many as the manifest's
+  samples (a published release with none is a problem), as many per shard as the manifest's
+  shards, and exactly the ids of ids.txt;
+- takedowns: no id of ids.txt, and no current member even where ids.txt does not list it, may be
+  taken down or blocklisted now.
+
+A withdrawn release reports withdrawn. Each problem names the file (or ledger table), what was
+expected and what was found.
 """
 
 from __future__ import annotations
@@ -57,6 +67,7 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     version: int | None = None
     withdrawn: bool = False
+    staging_holder: str | None = None  # no manifest yet, and the ledger says who is creating it
 
     @property
     def ok(self) -> bool:
@@ -154,18 +165,25 @@ def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = Non
         return report
     if found is None:
         report.exists = False
+        if row is not None and row["state"] == records.STAGING:
+            report.staging_holder = records.holder(row)
         report.problems.append(Problem(layout.MANIFEST, "missing: the release does not exist (never published, or its build did not finish)"))
         return report
     data, manifest = found
     report.samples = manifest["counts"]["samples"]
     report.version = version_of(manifest)
-    if row is not None and row["state"] == records.PUBLISHED:
-        _check_version(ledger, row, data, report)  # type: ignore[arg-type]
+    flagged: dict[str, tuple[int, str]] = {}  # current members taken down or blocklisted: url_id -> (sample id, why)
+    if ledger is not None:
+        flagged = _check_record(ledger, name, row, data, manifest, report)
     expected = _expected_counts(manifest)
     listed = {f["path"]: f for f in manifest["files"]}
     shards_total = sum(s["samples"] for s in manifest["shards"])
     if shards_total != report.samples:
         report.problems.append(Problem(layout.MANIFEST, "shard sizes do not add up to the sample count", report.samples, shards_total))
+    for required in (layout.IDS, layout.SHA256SUMS):
+        if required not in listed:
+            report.problems.append(Problem(layout.MANIFEST, f"does not list {required}, which every release has"))
+    seen_flagged: set[str] = set()
     with tempfile.TemporaryDirectory(prefix=f"taisu-verify-{name}-") as tmpdir:
         tmp = Path(tmpdir)
         for path, entry in sorted(listed.items()):
@@ -190,10 +208,17 @@ def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = Non
             if got is not None and path in expected and got != expected[path]:
                 report.problems.append(Problem(path, "sample count differs from the manifest", expected[path], got))
             if path == layout.IDS and ledger is not None:
-                _check_ledger(ledger, row, local, report)
+                seen_flagged = _check_ledger(ledger, row, local, report, flagged)
                 if row is not None:
                     _check_members(ledger, row, local, report)
             local.unlink()
+    unseen = sorted(set(flagged) - seen_flagged)
+    if unseen:
+        named = ", ".join(f"{uid} (ledger id {flagged[uid][0]}, {flagged[uid][1]})" for uid in unseen[:_EXAMPLES])
+        more = f" and {len(unseen) - _EXAMPLES:,} more" if len(unseen) > _EXAMPLES else ""
+        report.problems.append(Problem(
+            "release_member", f"{len(unseen):,} current members in the ledger are taken down or blocklisted (and not in {layout.IDS}): "
+            f"{named}{more}: process their takedowns again, which patches the release"))
     for info in store.list(layout.prefix(name)):
         rel = info.key[len(layout.prefix(name)):]
         if layout.is_pending_patch(rel):
@@ -220,9 +245,73 @@ def _check_version(ledger: Ledger, row: dict[str, Any], data: bytes, report: Ver
     digest = hashlib.sha256(data).hexdigest()
     if recorded is None:
         report.problems.append(Problem(layout.MANIFEST, f"version {report.version} is not recorded in the ledger (release_version)"))
-    elif recorded["manifest_sha256"] and recorded["manifest_sha256"] != digest:  # '' = published before versions were recorded
-        report.problems.append(Problem(layout.MANIFEST, f"sha256 differs from the ledger's record of version {report.version}",
-                                       recorded["manifest_sha256"], digest))
+    else:
+        if recorded["manifest_sha256"] and recorded["manifest_sha256"] != digest:  # '' = published before versions were recorded
+            report.problems.append(Problem(layout.MANIFEST, f"sha256 differs from the ledger's record of version {report.version}",
+                                           recorded["manifest_sha256"], digest))
+        if int(recorded["samples"]) != report.samples:
+            report.problems.append(Problem(layout.MANIFEST, f"sample count differs from the ledger's record of version {report.version} "
+                                           "(release_version)", recorded["samples"], report.samples))
+    counted = (row.get("counts") or {}).get("samples")
+    if counted is not None and int(counted) != report.samples:
+        report.problems.append(Problem(layout.MANIFEST, "sample count differs from the ledger's release row (release.counts)",
+                                       counted, report.samples))
+
+
+def _check_record(ledger: Ledger, name: str, row: dict[str, Any] | None, data: bytes, manifest: dict[str, Any],
+                  report: VerifyReport) -> dict[str, tuple[int, str]]:
+    """The ledger's release row and current members against the manifest; returns the current members
+    that are taken down or blocklisted (url_id -> (sample id, why)), which the ids.txt pass then looks for."""
+    report.ledger_checked = True
+    if row is None:
+        report.problems.append(Problem(layout.MANIFEST, f"the ledger has no record of release {name} (no `release` row): it was made "
+                                       "with another ledger, or its record was lost; its members cannot be checked"))
+        return {}
+    if row["state"] == records.PUBLISHED:
+        _check_version(ledger, row, data, report)
+    else:
+        hint = (f"another run is creating it ({records.holder(row)})" if row["state"] == records.STAGING
+                else f"run `taisu-etl release create {name}` to record it")
+        report.problems.append(Problem(layout.MANIFEST, f"is in the store, but the ledger records the release as {row['state']}: {hint}",
+                                       records.PUBLISHED, row["state"]))
+    members = records.member_count(ledger.engine, row["id"])
+    if members == 0:
+        report.problems.append(Problem("release_member", "the ledger records no current member of the release", report.samples, 0))
+    elif members != report.samples:
+        report.problems.append(Problem("release_member", "the ledger's current members differ in number from the manifest", report.samples, members))
+    if members:
+        _check_shards(ledger, row, manifest, report)
+    return _flagged_members(ledger, row)
+
+
+def _check_shards(ledger: Ledger, row: dict[str, Any], manifest: dict[str, Any], report: VerifyReport) -> None:
+    """Each shard of the manifest holds as many samples as the ledger has current members in it."""
+    m = release_member.c
+    with ledger.engine.connect() as conn:
+        in_ledger = dict(conn.execute(
+            sa.select(m.shard, sa.func.count()).where(m.release_id == row["id"], m.removed_in_version.is_(None)).group_by(m.shard)
+        ).all())
+    in_manifest = {s["name"]: int(s["samples"]) for s in manifest["shards"]}
+    unknown = sorted(set(in_ledger) - set(in_manifest))
+    if unknown:
+        report.problems.append(Problem("release_member", f"the ledger puts current members in shard(s) the manifest does not list: "
+                                       f"{', '.join(unknown[:_EXAMPLES])}"))
+    for shard, samples in sorted(in_manifest.items()):
+        if in_ledger.get(shard, 0) != samples:
+            report.problems.append(Problem("release_member", f"the ledger's current members of shard {shard} differ in number from the manifest",
+                                           samples, in_ledger.get(shard, 0)))
+
+
+def _flagged_members(ledger: Ledger, row: dict[str, Any]) -> dict[str, tuple[int, str]]:
+    m = release_member.c
+    query = (
+        sa.select(sample.c.url_id, sample.c.id, sample_state.c.state, blocked().label("blocked"))
+        .join(release_member, m.sample_id == sample.c.id).join(sample_state, sample_state.c.sample_id == sample.c.id)
+        .where(m.release_id == row["id"], m.removed_in_version.is_(None), sa.or_(sample_state.c.state == State.TAKEN_DOWN.value, blocked()))
+    )
+    with ledger.engine.connect() as conn:
+        return {uid: (sid, "taken down" if state == State.TAKEN_DOWN.value else "blocklisted")
+                for uid, sid, state, _ in conn.execute(query)}
 
 
 def _check_sums(local: Path, listed: dict[str, dict[str, Any]], report: VerifyReport) -> None:
@@ -238,13 +327,10 @@ def _check_sums(local: Path, listed: dict[str, dict[str, Any]], report: VerifyRe
 
 
 def _check_members(ledger: Ledger, row: dict[str, Any], ids_file: Path, report: VerifyReport) -> None:
-    """The ledger's current members and ids.txt must be the same ids, as many as the manifest says."""
-    members = 0
+    """The ledger's current members and ids.txt must be the same ids (their numbers: _check_record)."""
 
     def current() -> Iterator[str]:
-        nonlocal members
         for member in records.iter_current(ledger.engine, row["id"]):
-            members += 1
             yield member["url_id"]
 
     missing: list[str] = []
@@ -260,10 +346,6 @@ def _check_members(ledger: Ledger, row: dict[str, Any], ids_file: Path, report: 
     except ReleaseError as exc:
         report.problems.append(Problem(layout.IDS, f"cannot be compared with the ledger's members ({exc})"))
         return
-    if members == 0:
-        report.problems.append(Problem(layout.IDS, "the ledger records no current member of the release (release_member)", report.samples, 0))
-    elif members != report.samples:
-        report.problems.append(Problem(layout.IDS, "the ledger's current members differ in number from the manifest", report.samples, members))
 
     def named(n: int, ids: list[str]) -> str:
         return ", ".join(ids) + (f" and {n - len(ids):,} more" if n > len(ids) else "")
@@ -274,22 +356,37 @@ def _check_members(ledger: Ledger, row: dict[str, Any], ids_file: Path, report: 
         report.problems.append(Problem(layout.IDS, f"{counts['+']:,} ids in it are not current members in the ledger: {named(counts['+'], extra)}"))
 
 
-def _check_ledger(ledger: Ledger, row: dict[str, Any] | None, ids_file: Path, report: VerifyReport) -> None:
-    """No member may be taken down or blocklisted now: names each one that is."""
+def _check_ledger(ledger: Ledger, row: dict[str, Any] | None, ids_file: Path, report: VerifyReport,
+                  flagged: dict[str, tuple[int, str]]) -> set[str]:
+    """No id of ids.txt may be taken down or blocklisted now: names each one that is. Returns the ids
+    of `flagged` (current members taken down or blocklisted) that ids.txt lists."""
     report.ledger_checked = True
     cols = [sample.c.id, sample.c.url_id, sample_state.c.state, blocked().label("blocked")]
-    base = sa.select(*cols).join(sample_state, sample_state.c.sample_id == sample.c.id)
+    every = sa.select(*cols).join(sample_state, sample_state.c.sample_id == sample.c.id)
+    # The exact members, where the ledger recorded them; else every sample of each id (one URL can
+    # carry several captions, each its own sample), so that lost members still get checked.
+    members = None
     if row is not None:
-        # The exact members, where the ledger recorded them; else every sample of each id.
-        base = base.join(release_member, sa.and_(release_member.c.sample_id == sample.c.id, release_member.c.release_id == row["id"]))
+        members = every.join(release_member, sa.and_(release_member.c.sample_id == sample.c.id, release_member.c.release_id == row["id"]))
+    seen: set[str] = set()
 
     def check(batch: list[str]) -> None:
         with ledger.engine.connect() as conn:
-            for sid, uid, state, is_blocked in conn.execute(base.where(sample.c.url_id.in_(batch))):
-                if state == State.TAKEN_DOWN.value:
-                    report.problems.append(Problem(layout.IDS, f"sample {uid} (ledger id {sid}) is taken down but in the release", "not taken down", state))
-                elif is_blocked:
-                    report.problems.append(Problem(layout.IDS, f"sample {uid} (ledger id {sid}) is on the blocklist but in the release", "not blocklisted", "blocklisted"))
+            found: list[Any] = []
+            rest = batch
+            if members is not None:
+                found = list(conn.execute(members.where(sample.c.url_id.in_(batch))))
+                recorded = {r[1] for r in found}
+                rest = [uid for uid in batch if uid not in recorded]
+            if rest:
+                found += list(conn.execute(every.where(sample.c.url_id.in_(rest))))
+        for sid, uid, state, is_blocked in found:
+            if uid in flagged:
+                seen.add(uid)
+            if state == State.TAKEN_DOWN.value:
+                report.problems.append(Problem(layout.IDS, f"sample {uid} (ledger id {sid}) is taken down but in the release", "not taken down", state))
+            elif is_blocked:
+                report.problems.append(Problem(layout.IDS, f"sample {uid} (ledger id {sid}) is on the blocklist but in the release", "not blocklisted", "blocklisted"))
 
     batch: list[str] = []
     with open(ids_file, encoding="utf-8") as f:
@@ -300,3 +397,4 @@ def _check_ledger(ledger: Ledger, row: dict[str, Any] | None, ids_file: Path, re
                 batch = []
     if batch:
         check(batch)
+    return seen
