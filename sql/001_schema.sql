@@ -417,5 +417,36 @@ COMMENT ON COLUMN release.heartbeat_at IS 'the owner''s last renewal of its clai
 
 UPDATE alembic_version SET version_num='0003' WHERE alembic_version.version_num = '0002';
 
+-- Running upgrade 0003 -> 0004
+
+CREATE TABLE host_budget (
+    host VARCHAR(255) NOT NULL, 
+    next_slot DOUBLE PRECISION NOT NULL, 
+    CONSTRAINT pk_host_budget PRIMARY KEY (host)
+);
+
+COMMENT ON COLUMN host_budget.next_slot IS 'database-clock Unix time of the host''s next unreserved request slot';
+
+CREATE TABLE host_grant (
+    host VARCHAR(255) NOT NULL, 
+    owner VARCHAR(128) NOT NULL, 
+    units INTEGER NOT NULL, 
+    wanted INTEGER NOT NULL, 
+    expires_at DOUBLE PRECISION NOT NULL, 
+    CONSTRAINT pk_host_grant PRIMARY KEY (host, owner)
+);
+
+COMMENT ON COLUMN host_grant.owner IS 'the fetch process holding the grant (host:pid:random)';
+
+COMMENT ON COLUMN host_grant.units IS 'requests the owner may have open to the host at once';
+
+COMMENT ON COLUMN host_grant.wanted IS 'units the owner could use: the others'' fair share counts it';
+
+COMMENT ON COLUMN host_grant.expires_at IS 'database-clock Unix time; a crashed owner''s units are free after it';
+
+CREATE INDEX ix_host_grant_owner ON host_grant (owner);
+
+UPDATE alembic_version SET version_num='0004' WHERE alembic_version.version_num = '0003';
+
 COMMIT;
 

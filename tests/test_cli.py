@@ -37,7 +37,7 @@ def assert_one_error_line(res: subprocess.CompletedProcess[str], *needles: str) 
 
 def test_db_upgrade_then_status_on_embedded_defaults(tmp_path: Path) -> None:
     res = run_cli("db", "upgrade", home=tmp_path)
-    assert res.returncode == 0 and "schema revision 0003 (was empty)" in res.stdout
+    assert res.returncode == 0 and "schema revision 0004 (was empty)" in res.stdout
     res = run_cli("db", "upgrade", home=tmp_path)
     assert "already current" in res.stdout
     res = run_cli("status", home=tmp_path)

@@ -277,3 +277,24 @@ domain_state = sa.Table(
     sa.Column("failures", sa.Integer, nullable=False, server_default="0"),
     sa.Column("details", Json),
 )
+
+# Per-host politeness shared by every fetch process of a deployment (taisu_etl.db.host_budget): rate
+# slots are reserved in blocks off `next_slot`, concurrency is leased in units. Times are Unix seconds
+# on the database's clock, so the workers' own clocks never have to agree.
+host_budget = sa.Table(
+    "host_budget",
+    metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("next_slot", sa.Double, nullable=False, comment="database-clock Unix time of the host's next unreserved request slot"),
+)
+
+host_grant = sa.Table(
+    "host_grant",
+    metadata,
+    sa.Column("host", sa.String(255), primary_key=True),
+    sa.Column("owner", sa.String(128), primary_key=True, comment="the fetch process holding the grant (host:pid:random)"),
+    sa.Column("units", sa.Integer, nullable=False, comment="requests the owner may have open to the host at once"),
+    sa.Column("wanted", sa.Integer, nullable=False, comment="units the owner could use: the others' fair share counts it"),
+    sa.Column("expires_at", sa.Double, nullable=False, comment="database-clock Unix time; a crashed owner's units are free after it"),
+    sa.Index("ix_host_grant_owner", "owner"),
+)

@@ -14,7 +14,8 @@ Time limits: the per-URL deadline (`deadline_s`) covers connect, request and bod
 together, i.e. the time spent holding a connection slot. Name resolution has its own limit
 (`dns_timeout_s`, cached per host), robots.txt its own (`robots_timeout_s`, cached per origin),
 and time spent queueing politely for a busy host is not counted, so a long per-host queue never
-turns into spurious timeouts.
+turns into spurious timeouts. With a shared budget (`budget`), a request that gets none of its
+host's budget within `shared_wait_s` ends as `host_backoff` instead of going out over the limit.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from yarl import URL
 
 from taisu_etl.fetch.guard import FetchRefused, GetAddrInfo, GuardedResolver, parse_ip_host
 from taisu_etl.fetch.headers import find_noai, parse_retry_after
+from taisu_etl.fetch.host_budget import BudgetStore, HostBudgetTimeout, SharedHostBudget
 from taisu_etl.fetch.limiter import HostLimiter, HostState
 from taisu_etl.fetch.policy import FetchPolicy
 from taisu_etl.fetch.robots import RobotsCache
@@ -207,7 +209,9 @@ class Fetcher:
                 ...
 
     `getaddrinfo` replaces the system resolver (tests, synthetic webs); its answers still go
-    through the guard. `limiter` may be shared between fetchers in one process.
+    through the guard. `limiter` may be shared between fetchers in one process. `budget`: where
+    the per-host limits are shared with every other fetch process of the deployment (the ledger,
+    `taisu_etl.db.host_budget.LedgerHostBudget`); without it they hold for this process only.
     """
 
     def __init__(
@@ -216,10 +220,16 @@ class Fetcher:
         *,
         getaddrinfo: GetAddrInfo | None = None,
         limiter: HostLimiter | None = None,
+        budget: BudgetStore | None = None,
     ) -> None:
         self.policy = policy or FetchPolicy()
         self.resolver = GuardedResolver(self.policy, getaddrinfo)
-        self.limiter = limiter or HostLimiter(self.policy)
+        if limiter is not None and budget is not None:
+            raise ValueError("give the budget to the shared limiter, not to the Fetcher")
+        self.limiter = limiter or HostLimiter(
+            self.policy, budget=SharedHostBudget(budget, self.policy) if budget is not None else None
+        )
+        self._own_limiter = limiter is None
         self.robots = RobotsCache(self.policy, self._fetch_robots, on_crawl_delay=self.limiter.set_crawl_delay)
         self._session: aiohttp.ClientSession | None = None
         self._global: asyncio.Semaphore | None = None
@@ -259,6 +269,8 @@ class Fetcher:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._own_limiter:
+            await self.limiter.close()
 
     # --- public API -------------------------------------------------------------------------
 
@@ -363,6 +375,10 @@ class Fetcher:
                                    retry_after_s=wait)
                 if robots:
                     verdict = await self.robots.check(target)
+                    if not verdict.allowed and verdict.temporary and verdict.evidence.get("error") == "host_backoff":
+                        # robots.txt itself waited out a back-off or the shared budget: not an attempt at the URL
+                        return failure("host_backoff", f"{host_key}: robots.txt not read yet (host backing off or busy)", False,
+                                       retry_after_s=self.policy.robots_error_ttl_s)
                     if not verdict.allowed:
                         why = ("robots.txt unreachable; assuming disallow until it can be read"
                                if verdict.temporary else "robots.txt disallows this URL")
@@ -396,6 +412,8 @@ class Fetcher:
                 target = nxt
         except FetchRefused as exc:
             return failure(exc.reason, exc.detail, exc.permanent)
+        except HostBudgetTimeout as exc:
+            return failure("host_backoff", str(exc), False, retry_after_s=exc.waited_s)
         except _Stop as stop:
             return failure(stop.reason, stop.detail, stop.permanent, status=stop.status,
                            retry_after_s=stop.retry_after_s, opt_out=stop.opt_out, content_type=stop.content_type)

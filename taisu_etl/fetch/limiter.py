@@ -9,6 +9,10 @@ none); `host_failure_threshold` consecutive transient failures (timeouts, refuse
 5xx) pause it exponentially too; any completed response clears the failure count. The state is
 exported as `HostState` rows (`snapshot`) so a later stage can persist it to the ledger's
 `domain_state` table and `restore` it in the next attempt.
+
+Shared mode (`budget`, see `taisu_etl.fetch.host_budget`): the concurrency units and rate slots
+come from a budget every fetch process of the deployment shares, and this limiter only paces the
+slots it was given; back-off after 429/503 and failures stays per process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from taisu_etl.fetch.host_budget import SharedHostBudget
 from taisu_etl.fetch.policy import FetchPolicy
 
 
@@ -60,8 +65,10 @@ class HostLimiter:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Any] = asyncio.sleep,
+        budget: SharedHostBudget | None = None,
     ) -> None:
         self._policy = policy
+        self.budget = budget
         self._interval = 1.0 / policy.per_host_rate if policy.per_host_rate else 0.0
         self._clock = clock
         self._wall = wall
@@ -88,7 +95,12 @@ class HostLimiter:
 
     def slot(self, host: str) -> _Slot:
         """Async context manager: a concurrency slot on `host`, entered at the paced time."""
-        return _Slot(self, self._get(host))
+        return _Slot(self, self._get(host), host)
+
+    async def close(self) -> None:
+        """Give back the shared budget, if any (the limiter is unusable afterwards)."""
+        if self.budget is not None:
+            await self.budget.close()
 
     async def _pace(self, h: _Host) -> None:
         if h.interval <= 0:
@@ -175,15 +187,26 @@ class _Slot:
     """`async with limiter.slot(host):` — hand-written rather than @asynccontextmanager because
     it runs once per request on the hot path."""
 
-    __slots__ = ("_limiter", "_h")
+    __slots__ = ("_limiter", "_h", "_host", "_entered")
 
-    def __init__(self, limiter: HostLimiter, h: _Host) -> None:
+    def __init__(self, limiter: HostLimiter, h: _Host, host: str) -> None:
         self._limiter = limiter
         self._h = h
+        self._host = host
+        self._entered = 0.0
 
     async def __aenter__(self) -> None:
         h = self._h
         h.active += 1
+        budget = self._limiter.budget
+        if budget is not None:
+            try:
+                await budget.enter(self._host, h.interval, h.burst)
+            except BaseException:
+                h.active -= 1
+                raise
+            self._entered = self._limiter._clock()
+            return
         try:
             await h.sem.acquire()
         except BaseException:
@@ -199,5 +222,10 @@ class _Slot:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        budget = self._limiter.budget
+        if budget is not None:
+            budget.exit(self._host, self._limiter._clock() - self._entered)
+            self._h.active -= 1
+            return
         self._h.sem.release()
         self._h.active -= 1

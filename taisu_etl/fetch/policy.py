@@ -66,6 +66,12 @@ class FetchPolicy:
     host_failure_threshold: int = 3  # consecutive transient failures before a host is paused
     retry_statuses: frozenset[int] = frozenset({408, 425, 429, 500, 502, 503, 504})
     throttle_statuses: frozenset[int] = frozenset({429, 503})  # pause the host (Retry-After)
+    # With a shared budget (taisu_etl.fetch.host_budget), the per-host limits above hold across every
+    # fetch process of the deployment. A request that gets no budget within `shared_wait_s` fails as
+    # host_backoff (retried later) rather than exceed them; rate slots are reserved `shared_block_s`
+    # of the host's rate at a time.
+    shared_wait_s: float = 120.0
+    shared_block_s: float = 1.0
 
     # Opt-outs.
     honour_robots: bool = True
@@ -87,7 +93,7 @@ class FetchPolicy:
             raise ValueError("user_agent and robots_agent must say who is crawling")
         if not 0 <= self.max_redirects <= 20:
             raise ValueError("max_redirects must be between 0 and 20")
-        for name in ("deadline_s", "connect_timeout_s", "dns_timeout_s", "robots_timeout_s"):
+        for name in ("deadline_s", "connect_timeout_s", "dns_timeout_s", "robots_timeout_s", "shared_wait_s", "shared_block_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.max_bytes <= 0 or self.robots_max_bytes <= 0:

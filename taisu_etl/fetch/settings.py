@@ -25,6 +25,8 @@ class FetchSettings(BaseModel):
     max_attempts: int = Field(3, ge=1, description="transient failures before a URL is given up")
     retry_base_s: float = Field(600.0, ge=0, description="back-off before the second attempt; doubles each time")
     batch_size: int = Field(1000, ge=1, description="samples claimed at once")
+    shared_host_limits: bool = Field(True, description="per-host rate and concurrency hold across every worker sharing the ledger, not per worker")
+    host_budget_wait_s: float = Field(120.0, gt=0, description="longest a request waits for its host's shared budget before it is retried later")
 
     def policy(self) -> FetchPolicy:
         return FetchPolicy(
@@ -38,4 +40,5 @@ class FetchSettings(BaseModel):
             honour_robots=self.honour_robots,
             honour_noai=self.honour_noai,
             allow_loopback=frozenset(self.allow_loopback),
+            shared_wait_s=self.host_budget_wait_s,
         )

@@ -34,6 +34,7 @@ import sqlalchemy as sa
 
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.domains import load_host_states, save_host_states
+from taisu_etl.db.host_budget import LedgerHostBudget
 from taisu_etl.db.image_index import add_bands
 from taisu_etl.db.leases import LeaseConflict, StageLease
 from taisu_etl.db.ledger import Ledger, Outcome
@@ -184,7 +185,9 @@ class _ShardFetch:
         with DecodePool(self.image, workers=self.decode_workers, fn=decode, timeout_s=self.image.decode_timeout_s,
                         loop=asyncio.get_running_loop()) as pool:
             self.pool = pool
-            async with uploader, Fetcher(self.settings.policy()) as fetcher:
+            # The per-host limits hold across every fetch task sharing this ledger, not per task.
+            budget = LedgerHostBudget(self.ledger) if self.settings.shared_host_limits else None
+            async with uploader, Fetcher(self.settings.policy(), budget=budget) as fetcher:
                 self.uploader = uploader
                 fetcher.restore_domain_states(await asyncio.to_thread(load_host_states, self.ledger))
                 self.fetcher = fetcher

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from taisu_etl.db.context import RunContext
+from taisu_etl.db.host_budget import LedgerHostBudget
 from taisu_etl.db.ledger import Ledger, NewSample, Outcome
 from taisu_etl.db.schema import sample, sample_event, sample_state
 from taisu_etl.fetch import Fetcher
@@ -65,12 +66,15 @@ def _due(ledger: Ledger, limit: int) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute(query).mappings()]
 
 
-async def _check_all(rows: list[dict[str, Any]], settings: FetchSettings, image: ImageConfig, rate: float) -> list[tuple[dict[str, Any], Any]]:
+async def _check_all(ledger: Ledger, rows: list[dict[str, Any]], settings: FetchSettings, image: ImageConfig, rate: float,
+                     ) -> list[tuple[dict[str, Any], Any]]:
     results: list[tuple[dict[str, Any], Any]] = []
     interval = 1.0 / rate if rate > 0 else 0.0
     # Decoded in the same isolated worker processes as the fetch stage: the bytes are untrusted.
     with DecodePool(image, timeout_s=image.decode_timeout_s) as pool:
-        async with Fetcher(settings.policy()) as fetcher:
+        # The recheck's requests count against the same per-host budget as every fetch worker's.
+        budget = LedgerHostBudget(ledger) if settings.shared_host_limits else None
+        async with Fetcher(settings.policy(), budget=budget) as fetcher:
             async def one(row: dict[str, Any], delay: float) -> None:
                 await asyncio.sleep(delay)  # spreads the checks at `rate` per second overall
                 res = await fetcher.fetch(row["url"])
@@ -89,7 +93,7 @@ def recheck(
     report = RecheckReport()
     started = time.perf_counter()
     rows = _due(ledger, limit)
-    checked = asyncio.run(_check_all(rows, settings, image, rate)) if rows else []
+    checked = asyncio.run(_check_all(ledger, rows, settings, image, rate)) if rows else []
     by_state: dict[State, list[Outcome]] = {}
     candidates: list[NewSample] = []
     for row, (res, decoded) in checked:
