@@ -5,12 +5,21 @@ processes (forked from a clean fork server, so no inherited database connections
 never re-running the caller's main script: see `taisu_etl.images._launch`), each handed a whole batch
 so that the per-task overhead is paid once per batch. Up to `prefetch` batches are in flight
 while the caller runs the model on the current one.
+
+A worker ends itself when the process that owns the pool is gone. A `ProcessPoolExecutor` worker
+holds both ends of its call queue, so it never sees the owner's death: after a SIGKILL of a
+score or caption command (an OOM kill, a task killed on timeout) the worker, with torch loaded,
+and through it the fork server and the resource tracker, would wait forever. The owner is not
+the worker's parent (the fork server is), so this is a watch on the owner's pid and start time.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import threading
+import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,11 +29,13 @@ import numpy as np
 from PIL import Image
 
 from taisu_etl.images._launch import worker_context
+from taisu_etl.procfs import start_ticks
 from taisu_etl.storage import ObjectStore
 
 Preprocess = Callable[[Image.Image], Any]
 
 _READ_THREADS = 16
+_OWNER_CHECK_S = 1.0  # how soon a worker notices that the pool's owner is gone
 
 
 @dataclass
@@ -40,8 +51,23 @@ _PREPROCESSES: Sequence[Preprocess] = ()
 _DRAFT: int | None = None
 
 
-def _init_worker(pickled_preprocesses: bytes, draft: int | None) -> None:
+def _exit_when_gone(owner: int, ticks: int | None) -> None:
+    """A daemon thread that ends this worker once process `owner` (started at `ticks`) is gone,
+    a zombie, or its pid belongs to another process."""
+    if ticks is None:  # no /proc to tell: nothing to watch
+        return
+
+    def watch() -> None:
+        while start_ticks(owner) == ticks:
+            time.sleep(_OWNER_CHECK_S)
+        os._exit(0)  # nothing of the owner's is left to hand results to
+
+    threading.Thread(target=watch, name="taisu-owner-watch", daemon=True).start()
+
+
+def _init_worker(pickled_preprocesses: bytes, draft: int | None, owner: int = 0, owner_ticks: int | None = None) -> None:
     global _PREPROCESSES, _DRAFT
+    _exit_when_gone(owner, owner_ticks)
     _DRAFT = draft
     # The transforms are unpickled only after the torchvision shim is in place: on a CPU-only
     # torch, importing torchvision (which unpickling a transform does) fails without it.
@@ -105,8 +131,10 @@ class ImageBatches:
         self._dispatch = ThreadPoolExecutor(self.prefetch, thread_name_prefix="taisu-batch")
         self._pool: ProcessPoolExecutor | None = None
         if workers > 0:
+            owner = os.getpid()
             self._pool = ProcessPoolExecutor(
-                workers, mp_context=worker_context(), initializer=_init_worker, initargs=(pickle.dumps(self.preprocesses), draft),
+                workers, mp_context=worker_context(), initializer=_init_worker,
+                initargs=(pickle.dumps(self.preprocesses), draft, owner, start_ticks(owner)),
             )
 
     def __enter__(self) -> "ImageBatches":
