@@ -170,16 +170,22 @@ def test_a_worker_killed_mid_fetch_and_mid_release_ends_with_every_sample_once_a
                 return dict(conn.execute(sa.select(s.shard, sa.func.count()).where(s.lease_owner.like("fetch%"))
                                          .group_by(s.shard)).all())
 
+        leased: dict[int, int] = {}
+
         def mid_fetch() -> list[dict[str, Any]]:
             # Every shard's task has claimed (leased) its samples and the downloads have begun: a
-            # task's leases go only when it records its outcomes, at the end of its shard.
-            if _image_hits(web) < 2 * SHARDS or len(fetch_leases()) < SHARDS:
+            # task's leases go only when it records its outcomes, at the end of its shard. The leases
+            # are read last, right before the kill: a shard can finish between two reads on a busy machine.
+            if _image_hits(web) < 2 * SHARDS:
                 return []
             running = _running(stack, "taisu_pipeline", run_id, "fetch")
-            return running if len(running) == SHARDS else []
+            if len(running) != SHARDS:
+                return []
+            leased.clear()
+            leased.update(fetch_leases())
+            return running if len(leased) == SHARDS else []
 
         killed_tries = _wait("every fetch task downloading", mid_fetch, 240, stack, "taisu_pipeline", run_id, interval=0.05)
-        leased = fetch_leases()
         hits_at_kill = _image_hits(web)
         killed = stack.kill_worker("default")
         timings["fetch killed"] = time.monotonic() - began
