@@ -58,16 +58,21 @@ def _empty_postgres(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A freshly migrated, empty ledger on each database the product supports."""
-    if request.param == "sqlite":
+def migrated_ledger_url(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A freshly migrated, empty ledger of `kind` ("sqlite" or "postgres")."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
         upgrade(make_engine(url))
         return url
     url = request.getfixturevalue("pg_url")
     _empty_postgres(url)
     return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A freshly migrated, empty ledger on each database the product supports."""
+    return migrated_ledger_url(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 from taisu_etl.db.ledger import Ledger, NewSample
-from taisu_etl.db.schema import blocklist, sample
+from taisu_etl.db.schema import blocklist, sample, sample_state
 from taisu_etl.storage import ObjectStore
 from taisu_etl.vocab import Stage, State
 
@@ -120,3 +120,16 @@ def read_files(root: "Path") -> dict[str, bytes]:
     from pathlib import Path
 
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def sample_id_of(ledger: Ledger, url_id: str) -> int:
+    with ledger.engine.connect() as conn:
+        return conn.execute(sa.select(sample.c.id).where(sample.c.url_id == url_id)).scalar_one()
+
+
+def take_down(ledger: Ledger, url_id: str) -> int:
+    """What the takedown processing does to the sample's state (the rest of it is not this module's)."""
+    sid = sample_id_of(ledger, url_id)
+    with ledger.engine.begin() as conn:
+        conn.execute(sa.update(sample_state).where(sample_state.c.sample_id == sid).values(state=State.TAKEN_DOWN.value))
+    return sid

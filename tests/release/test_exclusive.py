@@ -24,7 +24,7 @@ from taisu_etl.db.engine import make_engine
 from taisu_etl.db.leases import LeaseOwner
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.db.migrate import upgrade
-from taisu_etl.db.schema import release, release_member, release_version, sample, sample_state
+from taisu_etl.db.schema import release, release_member, release_version, sample
 from taisu_etl.release import ReleaseOptions, create_release, records, verify_release
 from taisu_etl.release.build import ReleaseReport
 from taisu_etl.release.claim import ReleaseClaim
@@ -32,25 +32,14 @@ from taisu_etl.release.errors import ReleaseBusyError, ReleaseTakenOverError
 from taisu_etl.release.patch import patch_release
 from taisu_etl.release.workspace import OWNER_FILE, PREFIX, remove_stale
 from taisu_etl.storage import LocalObjectStore, ObjectStore
-from taisu_etl.vocab import State
 
-from .support import seed
+from tests.conftest import migrated_ledger_url
+
+from .support import seed, take_down
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = ReleaseOptions(shard_size=3, parent=None)
 OTHER_NODE = "release.0badc0de@another-node:4242:0a0b0c0d.123456"  # a token this machine cannot judge: liveness unknown
-
-
-def _open_ledger(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        upgrade(make_engine(url))
-        return url
-    from tests.conftest import _empty_postgres
-
-    url = request.getfixturevalue("pg_url")
-    _empty_postgres(url)
-    return url
 
 
 def _open_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
@@ -96,7 +85,7 @@ def test_second_run_is_refused_while_the_first_builds(store_kind: str, ledger_ki
     the name builds and publishes, the other is refused with the owner's name, and touches nothing."""
     import taisu_etl.release.build as build
 
-    url = _open_ledger(ledger_kind, request, tmp_path)
+    url = migrated_ledger_url(ledger_kind, request, tmp_path)
     store = _open_store(store_kind, request, tmp_path)
     setup = Ledger.open(url, shards=4, recipe_version="test")
     seed(setup, store, 20)
@@ -144,7 +133,7 @@ def test_second_run_is_refused_while_the_first_builds(store_kind: str, ledger_ki
 def test_simultaneous_first_claims_are_one_claim_and_one_refusal(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     """Postgres: both runs find no row and insert; the unique name makes the second insert wait and then
     fail, which must become the "being created by" refusal, not an IntegrityError."""
-    url = _open_ledger("postgres", request, tmp_path)
+    url = migrated_ledger_url("postgres", request, tmp_path)
     engine = make_engine(url)
     first = LeaseOwner.current("release.first")
     outcome: dict[str, Any] = {}
@@ -201,7 +190,7 @@ _KILLED_RUN = textwrap.dedent("""
 @pytest.mark.parametrize("ledger_kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_a_sigkilled_runs_claim_files_and_build_folder_are_taken_over(ledger_kind: str, request: pytest.FixtureRequest,
                                                                       tmp_path: Path) -> None:
-    url = _open_ledger(ledger_kind, request, tmp_path)
+    url = migrated_ledger_url(ledger_kind, request, tmp_path)
     store = LocalObjectStore(tmp_path / "objects")
     led = Ledger.open(url, shards=4, recipe_version="test")
     seed(led, store, 20)
@@ -427,25 +416,13 @@ def _problems(ledger: Ledger, store: ObjectStore, name: str) -> list[str]:
     return [str(p) for p in verify_release(store, name, ledger=ledger).problems]
 
 
-def _sample_id(ledger: Ledger, url_id: str) -> int:
-    with ledger.engine.connect() as conn:
-        return conn.execute(sa.select(sample.c.id).where(sample.c.url_id == url_id)).scalar_one()
-
-
-def _take_down(ledger: Ledger, url_id: str) -> int:
-    sid = _sample_id(ledger, url_id)
-    with ledger.engine.begin() as conn:
-        conn.execute(sa.update(sample_state).where(sample_state.c.sample_id == sid).values(state=State.TAKEN_DOWN.value))
-    return sid
-
-
 def test_verify_finds_a_taken_down_member_the_files_no_longer_list(sqlite_ledger: Ledger, local_store: LocalObjectStore) -> None:
     """The patch rewrote the files but the ledger lost the removal: the sample is still a current
     member while taken down; ids.txt cannot show it, the ledger's members do."""
     seed(sqlite_ledger, local_store, 20)
     create_release(sqlite_ledger, local_store, "v", OPTIONS)
     victim = local_store.get("releases/v/ids.txt").decode().split()[2]
-    sid = _take_down(sqlite_ledger, victim)
+    sid = take_down(sqlite_ledger, victim)
     patch_release(sqlite_ledger, local_store, "v", [sid])
     assert verify_release(local_store, "v", ledger=sqlite_ledger).ok
     m = release_member.c
@@ -464,7 +441,7 @@ def test_verify_checks_takedowns_even_when_the_members_are_lost(ledger: Ledger, 
     victim = local_store.get("releases/v/ids.txt").decode().split()[0]
     with ledger.engine.begin() as conn:
         conn.execute(sa.delete(release_member).where(release_member.c.release_id == rid))
-    _take_down(ledger, victim)
+    take_down(ledger, victim)
     problems = _problems(ledger, local_store, "v")
     assert any(p.startswith("release_member: the ledger records no current member of the release") for p in problems), problems
     assert any(p.startswith(f"ids.txt: sample {victim} (ledger id ") and "is taken down but in the release" in p for p in problems), problems

@@ -19,14 +19,13 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from taisu_etl.db.ledger import Ledger
-from taisu_etl.db.schema import release, release_member, release_version, sample, sample_state, takedown_request
+from taisu_etl.db.schema import release, release_member, release_version, sample, takedown_request
 from taisu_etl.release import ReleaseError, ReleaseExistsError, ReleaseNotFoundError, ReleaseOptions, create_release, diff_releases, verify_release
 from taisu_etl.release import records
 from taisu_etl.release.patch import PatchReport, patch_release, withdraw_release
 from taisu_etl.storage import LocalObjectStore, ObjectStore
-from taisu_etl.vocab import State
 
-from .support import Seeded, seed
+from .support import Seeded, sample_id_of, seed, take_down
 
 SHARD = 8  # 31 eligible samples of seed(48): shards of 8, 8, 8 and 7
 DATA_PREFIXES = ("taisu/", "webdataset/", "parquet/", "ids.txt")
@@ -54,19 +53,6 @@ def _hashes(store: ObjectStore, name: str) -> dict[str, str]:
 
 def _ids(store: ObjectStore, name: str) -> list[str]:
     return store.get(f"releases/{name}/ids.txt").decode().split()
-
-
-def _sample_id(ledger: Ledger, url_id: str) -> int:
-    with ledger.engine.connect() as conn:
-        return conn.execute(sa.select(sample.c.id).where(sample.c.url_id == url_id)).scalar_one()
-
-
-def _take_down(ledger: Ledger, url_id: str) -> int:
-    """What the takedown processing does to the sample's state (the rest of it is not this module's)."""
-    sid = _sample_id(ledger, url_id)
-    with ledger.engine.begin() as conn:
-        conn.execute(sa.update(sample_state).where(sample_state.c.sample_id == sid).values(state=State.TAKEN_DOWN.value))
-    return sid
 
 
 def _request(ledger: Ledger, url_id: str) -> int:
@@ -115,7 +101,7 @@ def test_patch_rewrites_only_the_shard_that_held_the_sample(ledger: Ledger, vsto
     victim = ids_v1[SHARD + 3]  # in shard 00001
     shard = _shard_of(store, "p", victim)
     assert shard == "00001"
-    sid = _take_down(ledger, victim)
+    sid = take_down(ledger, victim)
     req = _request(ledger, victim)
     lines: list[str] = []
 
@@ -192,7 +178,7 @@ def test_a_patched_last_shard_is_what_a_fresh_build_writes(sqlite_ledger: Ledger
     _build(sqlite_ledger, local_store)
     ids = _ids(local_store, "p")
     victim = ids[-2]  # in the last shard: a fresh build shards everything before it the same way
-    patch_release(sqlite_ledger, local_store, "p", [_take_down(sqlite_ledger, victim)])
+    patch_release(sqlite_ledger, local_store, "p", [take_down(sqlite_ledger, victim)])
     create_release(sqlite_ledger, local_store, "fresh", ReleaseOptions(shard_size=SHARD, parent=None))
     patched, fresh = _hashes(local_store, "p"), _hashes(local_store, "fresh")
     data = [p for p in fresh if p.startswith(DATA_PREFIXES) or p.startswith("card/")]
@@ -204,13 +190,13 @@ def test_patch_of_a_tgz_release_with_some_formats(sqlite_ledger: Ledger, local_s
     _build(sqlite_ledger, local_store, formats=("taisu", "parquet"), tgz=True)
     ids = _ids(local_store, "p")
     victims = [ids[1], ids[2], ids[20]]
-    report = patch_release(sqlite_ledger, local_store, "p", [_take_down(sqlite_ledger, v) for v in victims])
+    report = patch_release(sqlite_ledger, local_store, "p", [take_down(sqlite_ledger, v) for v in victims])
     assert report.shards_rewritten == ["00000", "00002"] and report.removed_ids == sorted(victims)
     assert sorted(n[:-4] for n in _tar_stems(local_store.get("releases/p/taisu/images/00000.tgz"))) == [i for i in ids[:SHARD] if i not in victims]
     assert verify_release(local_store, "p", ledger=sqlite_ledger).ok
     # A second takedown makes version 3; removed.txt keeps everything ever removed.
     more = ids[-1]
-    report = patch_release(sqlite_ledger, local_store, "p", [_take_down(sqlite_ledger, more)])
+    report = patch_release(sqlite_ledger, local_store, "p", [take_down(sqlite_ledger, more)])
     assert (report.from_version, report.to_version, report.shards_rewritten) == (2, 3, ["00003"])
     assert local_store.get("releases/p/removed.txt").decode().split() == sorted([*victims, more])
     manifest = _manifest(local_store, "p")
@@ -230,7 +216,7 @@ def test_patch_refuses_what_it_cannot_patch(sqlite_ledger: Ledger, local_store: 
         patch_release(sqlite_ledger, local_store, "nope", [1])
     seeded = _build(sqlite_ledger, local_store)
     # A sample that is not a member (rejected) is ignored.
-    rejected = _sample_id(sqlite_ledger, sorted(seeded.rejected)[0])
+    rejected = sample_id_of(sqlite_ledger, sorted(seeded.rejected)[0])
     report = patch_release(sqlite_ledger, local_store, "p", [rejected])
     assert (report.from_version, report.to_version) == (1, 1) and "nothing to patch" in report.summary()
     with sqlite_ledger.engine.begin() as conn:
@@ -245,7 +231,7 @@ def test_crash_between_the_manifest_and_the_ledger_then_a_rerun_records_it(ledge
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     _build(ledger, local_store)
     victim = _ids(local_store, "p")[5]
-    sid = _take_down(ledger, victim)
+    sid = take_down(ledger, victim)
     req = _request(ledger, victim)
 
     def die(*args: Any, **kwargs: Any) -> None:
@@ -286,14 +272,14 @@ def test_crash_mid_rewrite_then_another_takedown_finishes_both(store_kind: str, 
 
     monkeypatch.setattr(type(store), "put_file", flaky)
     with pytest.raises(OSError, match="network gone"):
-        patch_release(sqlite_ledger, store, "p", [_take_down(sqlite_ledger, first)])
+        patch_release(sqlite_ledger, store, "p", [take_down(sqlite_ledger, first)])
     monkeypatch.undo()
     assert first not in {n.split(".")[0] for n in _tar_stems(store.get("releases/p/taisu/images/00000.tar"))}  # half-way...
     assert _manifest(store, "p")["version"] == 1 and store.exists("releases/p/history/v2.pending")
     assert not verify_release(store, "p", ledger=sqlite_ledger).ok  # ...and verify says so
 
     # The next takedown names only its own sample; the patch still finishes the first one's removal.
-    report = patch_release(sqlite_ledger, store, "p", [_take_down(sqlite_ledger, second)])
+    report = patch_release(sqlite_ledger, store, "p", [take_down(sqlite_ledger, second)])
     assert (report.from_version, report.to_version, report.removed_ids) == (1, 2, sorted([first, second]))
     assert sorted(report.shards_rewritten) == ["00000", "00003"]
     assert _ids(store, "p") == [i for i in ids if i not in (first, second)]
@@ -312,7 +298,7 @@ def test_two_patches_of_one_release_take_turns(ledger: Ledger, local_store: Loca
 
     _build(ledger, local_store)
     ids = _ids(local_store, "p")
-    a, b = _take_down(ledger, ids[2]), _take_down(ledger, ids[12])
+    a, b = take_down(ledger, ids[2]), take_down(ledger, ids[12])
     second_waits = threading.Event()
     real = patch_module._Patch._write_plan
 
@@ -352,7 +338,7 @@ def test_two_patches_of_one_release_take_turns(ledger: Ledger, local_store: Loca
 def test_verify_compares_ids_with_the_ledgers_members(sqlite_ledger: Ledger, local_store: LocalObjectStore) -> None:
     _build(sqlite_ledger, local_store)
     ids = _ids(local_store, "p")
-    sid = _take_down(sqlite_ledger, ids[4])
+    sid = take_down(sqlite_ledger, ids[4])
     patch_release(sqlite_ledger, local_store, "p", [sid])
     rid = _row(sqlite_ledger, "p")["id"]
     m = release_member.c
@@ -374,7 +360,7 @@ def test_withdraw_deletes_every_version_of_every_object(sqlite_ledger: Ledger, v
                                                         request: pytest.FixtureRequest) -> None:
     store = vstore
     _build(sqlite_ledger, store)
-    patch_release(sqlite_ledger, store, "p", [_take_down(sqlite_ledger, _ids(store, "p")[9])])
+    patch_release(sqlite_ledger, store, "p", [take_down(sqlite_ledger, _ids(store, "p")[9])])
     keys = [info.key for info in store.list("releases/p/")]
     assert "releases/p/history/v1/ids.txt" in keys
 
@@ -419,7 +405,7 @@ def test_cli_withdraw_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     runner = CliRunner()
     assert runner.invoke(release_app, ["create", "w1", "--shard-size", "4"]).exit_code == 0
     victim = _ids(store, "w1")[0]
-    patch_release(led, store, "w1", [_take_down(led, victim)])
+    patch_release(led, store, "w1", [take_down(led, victim)])
     res = runner.invoke(release_app, ["list"])
     assert re.search(r"w1\s+published\s+2\s", res.output), res.output
     res = runner.invoke(release_app, ["diff", "w1@1", "w1", "--ids"])
@@ -439,7 +425,7 @@ def test_cli_withdraw_and_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def _takedown_like_the_lead(ledger: Ledger, store: ObjectStore, url_id: str, seen: dict[str, Any], marked: threading.Event) -> None:
     """A takedown as the takedown processing runs it: mark the sample, then decide under the release row lock."""
-    sid = _take_down(ledger, url_id)
+    sid = take_down(ledger, url_id)
     marked.set()
     rid = _row(ledger, "race")["id"]
     with ledger.engine.begin() as conn:
