@@ -436,7 +436,7 @@ CREATE TABLE host_grant (
     CONSTRAINT pk_host_grant PRIMARY KEY (host, owner)
 );
 
-COMMENT ON COLUMN host_grant.owner IS 'the fetch process holding the grant (host:pid:random)';
+COMMENT ON COLUMN host_grant.owner IS 'the fetch process holding the grant (a lease owner token: label@host:pid:start)';
 
 COMMENT ON COLUMN host_grant.units IS 'requests the owner may have open to the host at once';
 

@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
+from taisu_etl.db.leases import LeaseOwner
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.db.schema import host_budget, host_grant
 from taisu_etl.fetch.host_budget import BudgetAnswer, BudgetAsk, BudgetGrant
@@ -63,6 +64,12 @@ class LedgerHostBudget:
             conn.execute(lock.returning(b.host, b.next_slot), [{"host": h, "next_slot": now} for h in hosts]).tuples().all()
         )
         conn.execute(sa.delete(host_grant).where(g.host.in_(hosts), g.expires_at <= now))  # crashed owners' grants
+        # A killed worker on this machine is provably gone: its units come free now, not at expiry
+        # (a retried fetch task would otherwise wait up to a minute for its own predecessor).
+        others = {o for (o,) in conn.execute(sa.select(g.owner).distinct().where(g.host.in_(hosts), g.owner != owner))}
+        dead = sorted(o for o in others if LeaseOwner.parse(o).liveness() == "dead")
+        if dead:
+            conn.execute(sa.delete(host_grant).where(g.owner.in_(dead)))
         others_held: dict[str, int] = defaultdict(int)
         others_wanting: dict[str, int] = defaultdict(int)
         for host, units, wanted in conn.execute(

@@ -292,7 +292,7 @@ host_grant = sa.Table(
     "host_grant",
     metadata,
     sa.Column("host", sa.String(255), primary_key=True),
-    sa.Column("owner", sa.String(128), primary_key=True, comment="the fetch process holding the grant (host:pid:random)"),
+    sa.Column("owner", sa.String(128), primary_key=True, comment="the fetch process holding the grant (a lease owner token: label@host:pid:start)"),
     sa.Column("units", sa.Integer, nullable=False, comment="requests the owner may have open to the host at once"),
     sa.Column("wanted", sa.Integer, nullable=False, comment="units the owner could use: the others' fair share counts it"),
     sa.Column("expires_at", sa.Double, nullable=False, comment="database-clock Unix time; a crashed owner's units are free after it"),

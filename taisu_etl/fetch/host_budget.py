@@ -25,9 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import secrets
-import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -87,8 +85,13 @@ class HostBudgetTimeout(Exception):
 
 
 def default_owner() -> str:
-    """A token naming this process (and this fetcher: two in one process are two owners)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"[-128:]
+    """A lease owner token naming this process (and this fetcher: two in one process are two owners).
+
+    The leases' token format (host, pid, process start), so that a worker on the same machine can
+    prove a killed fetcher gone and free its units at once instead of waiting out their expiry."""
+    from taisu_etl.db.leases import LeaseOwner  # the token format only; the fetch package writes no ledger rows
+
+    return LeaseOwner.current(f"fetch-budget.{secrets.token_hex(4)}").token
 
 
 @dataclass(slots=True, eq=False)

@@ -108,6 +108,25 @@ def test_expired_grants_of_a_crashed_owner_do_not_count(ledger: Ledger) -> None:
         assert conn.execute(sa.select(sa.func.count()).select_from(host_grant)).scalar_one() == 0
 
 
+def test_a_killed_owner_on_this_machine_frees_its_units_at_once(ledger: Ledger) -> None:
+    """A fetch process that was SIGKILLed here is provably gone (pid and start time): the next
+    exchange frees its units without waiting for the grant to expire (a retried task would wait)."""
+    from taisu_etl.db.leases import LeaseOwner
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        killed = LeaseOwner.current("fetch-budget.killed", pid=victim.pid).token
+        store = LedgerHostBudget(ledger)
+        assert store.exchange(killed, [ask("h.example", want=4)], ttl_s=600).grants[0].allowed == 4
+        assert store.exchange("b", [ask("h.example", want=4)], ttl_s=600).grants[0].allowed == 0  # alive: it holds them
+    finally:
+        victim.kill()
+        victim.wait()
+    assert store.exchange("b", [ask("h.example", want=4)], ttl_s=600).grants[0].allowed == 4
+    with ledger.engine.connect() as conn:
+        assert conn.execute(sa.select(host_grant.c.owner)).scalars().all() == ["b"]
+
+
 def test_every_exchange_renews_the_owner_grants(ledger: Ledger) -> None:
     store = LedgerHostBudget(ledger)
     first = store.exchange("a", [ask("h.example", want=2), ask("g.example", want=1)], ttl_s=30)

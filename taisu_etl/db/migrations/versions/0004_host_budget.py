@@ -24,7 +24,7 @@ def upgrade() -> None:
     )
     op.create_table('host_grant',
     sa.Column('host', sa.String(length=255), nullable=False),
-    sa.Column('owner', sa.String(length=128), nullable=False, comment='the fetch process holding the grant (host:pid:random)'),
+    sa.Column('owner', sa.String(length=128), nullable=False, comment='the fetch process holding the grant (a lease owner token: label@host:pid:start)'),
     sa.Column('units', sa.Integer(), nullable=False, comment='requests the owner may have open to the host at once'),
     sa.Column('wanted', sa.Integer(), nullable=False, comment="units the owner could use: the others' fair share counts it"),
     sa.Column('expires_at', sa.Double(), nullable=False, comment="database-clock Unix time; a crashed owner's units are free after it"),
