@@ -174,7 +174,7 @@ class LeaseOwner:
         if self.raw is not None:
             return f"{self.raw!r} (an older lease format: liveness unknown)"
         started = self.started_at()
-        when = f" (started {_iso(started)})" if started else ""
+        when = f" (started {iso_utc(started)})" if started else ""
         return f"{self.stage}@{self.host}:{self.pid}{when}"
 
     def is_dead(self) -> bool:
@@ -199,11 +199,12 @@ class LeaseOwner:
         return "dead" if fields[0] in ("Z", "X") or int(fields[19]) != int(ticks) else "alive"
 
 
-def _iso(when: datetime) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_utc(when: datetime | None) -> str:
+    """`2026-12-03T18:36:05Z`, for messages about leases and claims."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else "an unknown time"
 
 
-def _aware(when: datetime | None) -> datetime | None:
+def aware_utc(when: datetime | None) -> datetime | None:
     """SQLite hands timestamps back without a zone; the ledger writes them in UTC."""
     if when is not None and when.tzinfo is None:
         return when.replace(tzinfo=timezone.utc)
@@ -234,17 +235,18 @@ class LeaseHolding:
 
     def describe(self) -> str:
         return (f"{self.samples:,} samples in {self.state} (shard {self.shard}) leased by {self.lease_owner.describe()} "
-                f"until {_iso(self.until)}")
+                f"until {iso_utc(self.until)}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"owner": self.owner, "holder": self.lease_owner.describe(), "state": self.state, "shard": self.shard,
-                "samples": self.samples, "until": _iso(self.until), "dead": self.dead, "expired": self.expired,
+                "samples": self.samples, "until": iso_utc(self.until), "dead": self.dead, "expired": self.expired,
                 "expired_samples": self.expired_samples, "liveness": "dead" if self.dead else self.lease_owner.liveness()}
 
 
-def _db_now(conn: Connection, ledger: Ledger) -> datetime:
-    # Postgres: the server's clock, the one lease expiries were written with.
-    if ledger.is_postgres:
+def db_now(conn: Connection) -> datetime:
+    """Now on the clock the ledger's times are written with: Postgres's own (every node compares
+    expiries and heartbeats on one clock); on SQLite, this one machine's, in UTC."""
+    if conn.dialect.name == "postgresql":
         return conn.execute(sa.text("SELECT now()")).scalar_one()
     return _now()
 
@@ -254,7 +256,7 @@ def lease_holders(ledger: Ledger) -> list[LeaseHolding]:
     st = sample_state.c
 
     def run(conn: Connection) -> tuple[datetime, list[Any]]:
-        now = _db_now(conn, ledger)
+        now = db_now(conn)
         query = (
             sa.select(st.lease_owner, st.state, st.shard, sa.func.count(), sa.func.max(st.lease_until),
                       sa.func.sum(sa.case((st.lease_until < now, 1), else_=0)))
@@ -266,7 +268,7 @@ def lease_holders(ledger: Ledger) -> list[LeaseHolding]:
     now, rows = ledger.read(run)
     out = []
     for owner, state, shard, n, until, n_expired in rows:
-        until = _aware(until) or now
+        until = aware_utc(until) or now
         out.append(LeaseHolding(owner=owner, state=state, shard=shard, samples=n, until=until,
                                 dead=LeaseOwner.parse(owner).is_dead(), expired=until < now, expired_samples=int(n_expired or 0)))
     return sorted(out, key=lambda h: (h.state, h.shard, h.owner))
@@ -294,7 +296,7 @@ def release_dead_leases(ledger: Ledger, *, dry_run: bool = False) -> list[LeaseH
         return wanted
 
     def run(conn: Connection) -> list[LeaseHolding]:
-        now = _db_now(conn, ledger)
+        now = db_now(conn)
         freed = []
         for h in wanted:
             n = _free(conn, h.owner, h.state, h.shard, expired_only=not h.dead, now=now)
@@ -312,7 +314,7 @@ def release_owner(ledger: Ledger, owner: str, *, dry_run: bool = False) -> list[
         return wanted
 
     def run(conn: Connection) -> list[LeaseHolding]:
-        now = _db_now(conn, ledger)
+        now = db_now(conn)
         return [replace(h, samples=n) for h in wanted if (n := _free(conn, h.owner, h.state, h.shard, expired_only=False, now=now))]
 
     return ledger.transaction(run)
@@ -331,14 +333,14 @@ def _blockers(ledger: Ledger, state: State, shard: int | None) -> list[_Blocker]
     st = sample_state.c
 
     def run(conn: Connection) -> list[_Blocker]:
-        now = _db_now(conn, ledger)
+        now = db_now(conn)
         cond = [st.state == state.value, st.lease_until >= now, sa.or_(st.next_attempt_at.is_(None), st.next_attempt_at <= now)]
         if shard is not None:
             cond.insert(0, st.shard == shard)
         rows = conn.execute(
             sa.select(st.lease_owner, sa.func.count(), sa.func.max(st.lease_until)).where(*cond).group_by(st.lease_owner)
         ).all()
-        return [_Blocker(o, n, _aware(u) or now) for o, n, u in rows if o is not None]
+        return [_Blocker(o, n, aware_utc(u) or now) for o, n, u in rows if o is not None]
 
     return ledger.read(run)
 
@@ -495,9 +497,9 @@ class StageLease:
     def _held_by(self, blockers: Sequence[_Blocker], state: State) -> str:
         ordered = sorted(blockers, key=lambda b: -b.samples)
         first, rest = ordered[0], ordered[1:]
-        text = f"{first.samples:,} samples in {state.value} are leased by {LeaseOwner.parse(first.owner).describe()} until {_iso(first.until)}"
+        text = f"{first.samples:,} samples in {state.value} are leased by {LeaseOwner.parse(first.owner).describe()} until {iso_utc(first.until)}"
         for b in rest:
-            text += f", {b.samples:,} by {LeaseOwner.parse(b.owner).describe()} until {_iso(b.until)}"
+            text += f", {b.samples:,} by {LeaseOwner.parse(b.owner).describe()} until {iso_utc(b.until)}"
         return text
 
     def _poll_seconds(self) -> float:

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from taisu_etl.db.leases import LeaseOwner
+from taisu_etl.db.leases import LeaseOwner, aware_utc, db_now, iso_utc
 from taisu_etl.db.schema import release, release_member, release_version, sample, sample_state
 from taisu_etl.release.errors import ReleaseBusyError, ReleaseError, ReleaseExistsError, ReleaseTakenOverError
 from taisu_etl.release.selection import blocked
@@ -75,21 +75,6 @@ def _now_value(conn: Connection) -> Any:
     return sa.func.now() if conn.dialect.name == "postgresql" else datetime.now(timezone.utc)
 
 
-def _db_now(conn: Connection) -> datetime:
-    if conn.dialect.name == "postgresql":
-        return _aware(conn.execute(sa.select(sa.func.now())).scalar_one())  # type: ignore[return-value]
-    return datetime.now(timezone.utc)
-
-
-def _aware(when: datetime | None) -> datetime | None:
-    """SQLite hands timestamps back without a zone; they were written in UTC."""
-    return when.replace(tzinfo=timezone.utc) if when is not None and when.tzinfo is None else when
-
-
-def _iso(when: datetime | None) -> str:
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if when is not None else "an unknown time"
-
-
 def holder(row: Any, now: datetime | None = None) -> str:
     """Who holds a staging row, for messages: `release@host:pid (started ...) since T (last heartbeat N s ago)`.
 
@@ -98,10 +83,10 @@ def holder(row: Any, now: datetime | None = None) -> str:
     get = row.get if isinstance(row, dict) else lambda key: getattr(row, key)
     owner = get("owner")
     who = LeaseOwner.parse(owner).describe() if owner else "a run of an older version (no owner recorded)"
-    beat = _aware(get("heartbeat_at"))
+    beat = aware_utc(get("heartbeat_at"))
     now = now or datetime.now(timezone.utc)
     ago = f" (last heartbeat {max(0.0, (now - beat).total_seconds()):.0f} s ago)" if beat is not None else ""
-    return f"{who} since {_iso(_aware(get('owner_since')))}{ago}"
+    return f"{who} since {iso_utc(aware_utc(get('owner_since')))}{ago}"
 
 
 def _abandoned(row: Any, now: datetime, stale_after: float) -> str | None:
@@ -116,7 +101,7 @@ def _abandoned(row: Any, now: datetime, stale_after: float) -> str | None:
         return "dead"
     if liveness == "alive":
         return None
-    beat = _aware(row.heartbeat_at)
+    beat = aware_utc(row.heartbeat_at)
     return "stale" if beat is None or (now - beat).total_seconds() > stale_after else None
 
 
@@ -139,7 +124,7 @@ def start(engine: Engine, name: str, parent_id: int | None, recipe: dict[str, An
     for _ in range(5):  # each pass ends in a claim or an error unless another run changed the row meanwhile
         try:
             with engine.begin() as conn:
-                now, at = _db_now(conn), _now_value(conn)
+                now, at = db_now(conn), _now_value(conn)
                 claim = {"state": STAGING, "owner": owner.token, "owner_since": at, "heartbeat_at": at}
                 row = conn.execute(sa.select(*columns).where(r.name == name)).first()
                 if row is None:
@@ -174,7 +159,7 @@ def start(engine: Engine, name: str, parent_id: int | None, recipe: dict[str, An
             continue
     with engine.connect() as conn:
         row = conn.execute(sa.select(*columns).where(r.name == name)).first()
-        now = _db_now(conn)
+        now = db_now(conn)
     if row is not None and row.state == STAGING:
         raise ReleaseBusyError(busy_message(name, row, now))
     raise ReleaseBusyError(f"release {name} is being claimed by other runs at the same moment: try again, or choose another name")
@@ -201,7 +186,7 @@ def lost_message(conn: Connection, name: str, release_id: int) -> str:
         return f"release {name}: its ledger row was deleted while this run was building it; nothing was published"
     if row.state != STAGING:
         return f"release {name} became {row.state} while this run was building it (another run took it over); nothing was published by this run"
-    return (f"release {name} was taken over by {holder(row, _db_now(conn))} while this run was building it "
+    return (f"release {name} was taken over by {holder(row, db_now(conn))} while this run was building it "
             "(this run was thought dead); nothing was published by this run")
 
 
