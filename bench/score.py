@@ -2,6 +2,7 @@
 
     python bench/score.py --images 2000 --model tiny
     python bench/score.py --images 1000 --model ViT-B-32      # random weights, real compute
+    python bench/score.py --images 200 --model taisu-lit-rn101  # TaiSu's LiT layout, random weights
 
 The stage's images/s covers everything it does per sample: object-store read, JPEG decode,
 preprocessing (in worker processes), both towers of the model, the TaiSu rule, embeddings to
@@ -23,12 +24,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _scorer(model: str, tmp: Path, device: str):
+TAISU_LIT_TOWERS = {"taisu-lit-rn101": "RN101", "taisu-lit-vit-b-32": "ViT-B-32"}
+
+
+def _scorer(model: str, tmp: Path, device: str, captions: list[str]):
     from taisu_etl.models import ClipScorer, ModelSpec
     from taisu_etl.stages.model_config import ScoreConfig
 
     if model == "tiny":
         return ClipScorer.load(ScoreConfig().model.spec(), device=device)
+    if model in TAISU_LIT_TOWERS:
+        # TaiSu's released pair in its own file layout (OpenAI-CLIP image tower, 50,002-id text
+        # tower, SentencePiece model trained on these captions), random weights.
+        from taisu_etl.models.taisu_lit import write_random_checkpoints
+
+        spec = write_random_checkpoints(tmp / "taisu-lit", captions, visual=TAISU_LIT_TOWERS[model])
+        return ClipScorer.load(spec, device=device)
     # A real architecture with random weights: no weights can be downloaded here, and throughput
     # does not depend on what the weights are.
     import open_clip
@@ -67,7 +78,7 @@ def _bare_forward(scorer, store, rows, batch_size: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--model", default="tiny", help="tiny (the project's tiny CLIP) or an open_clip architecture name")
+    parser.add_argument("--model", default="tiny", help="tiny (the project's tiny CLIP), taisu-lit-rn101 / taisu-lit-vit-b-32 (TaiSu's LiT layout), or an open_clip architecture name")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="decode/preprocess processes of the stage")
     parser.add_argument("--size", type=int, default=256, help="side of the stored JPEGs")
@@ -93,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(ledger.engine)
         store = LocalObjectStore(tmp / "objects")
         t0 = time.perf_counter()
-        seed_checked_pairs(ledger, store, make_pairs(args.images, seed=7, split="heldout"), size=(args.size, args.size), workers=2)
+        pairs = make_pairs(args.images, seed=7, split="heldout")
+        seed_checked_pairs(ledger, store, pairs, size=(args.size, args.size), workers=2)
         print(f"setup: {args.images:,} stored {args.size}px images in the ledger ({time.perf_counter() - t0:.1f} s)")
-        scorer = _scorer(args.model, tmp, args.device)
+        scorer = _scorer(args.model, tmp, args.device, [p.caption for p in pairs])
         print(f"model: {scorer.model_id} on {scorer.device}, batch {args.batch_size}, torch threads {torch.get_num_threads()}")
         rows = ledger.scan(state=State.IMAGE_OK, columns=("id", "object_key", "caption", "caption_clean"), limit=args.images)
 

@@ -30,6 +30,7 @@ from taisu_etl.models.spec import (
     BUILTINS,
     SENTENCEPIECE_PREFIX,
     STORE_PREFIX,
+    TAISU_LIT_ARCH,
     TINY_DIR,
     ModelSpec,
 )
@@ -182,33 +183,51 @@ def _copy_hashing(src: BinaryIO, dst: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _read_checkpoint(checkpoint: str, store: ObjectStore | None) -> tuple[Mapping[str, torch.Tensor], str]:
-    """(state dict, sha256 of the file), from a local file or the object store."""
+def read_object(checkpoint: str, store: ObjectStore | None) -> tuple[Any, str, str]:
+    """(what torch.load gives, sha256 of the file, where it was read) from a local file or
+    "store:<key>" in the object store."""
     with tempfile.TemporaryFile() as tmp:
-        if checkpoint.startswith(STORE_PREFIX):
-            key = checkpoint.removeprefix(STORE_PREFIX)
-            if store is None:
-                raise ModelError(f"checkpoint {checkpoint!r} is in the object store, but no store was given to load it from")
-            try:
-                with store.open(key) as src:
-                    sha = _copy_hashing(src, tmp)
-            except KeyError:
-                raise ModelError(f"checkpoint object {key!r} does not exist in {store.describe()}; upload it first") from None
-            except StorageError as exc:
-                raise ModelError(f"checkpoint object {key!r} cannot be read from {store.describe()}: {exc}") from exc
-            where = f"{store.describe()}/{key}"
-        else:
-            path = Path(checkpoint).expanduser()
-            if not path.is_file():
-                raise ModelError(f"checkpoint file {path} does not exist; check the path in the model spec")
-            with path.open("rb") as src:
-                sha = _copy_hashing(src, tmp)
-            where = str(path)
+        sha, where = _copy_source(checkpoint, store, tmp, what="checkpoint")
         tmp.seek(0)
         try:
             obj = torch.load(tmp, map_location="cpu", weights_only=True)
         except Exception as exc:  # pickle/zip errors of many kinds: all mean "not a checkpoint"
             raise ModelError(f"checkpoint {where} is not a torch state dict ({type(exc).__name__}: {exc})") from exc
+    return obj, sha, where
+
+
+def read_bytes(source: str, store: ObjectStore | None, *, what: str) -> tuple[bytes, str]:
+    """(contents, where) of a small local file or "store:<key>" object (a tokenizer model)."""
+    with tempfile.TemporaryFile() as tmp:
+        _, where = _copy_source(source, store, tmp, what=what)
+        tmp.seek(0)
+        return tmp.read(), where
+
+
+def _copy_source(source: str, store: ObjectStore | None, tmp: BinaryIO, *, what: str) -> tuple[str, str]:
+    if source.startswith(STORE_PREFIX):
+        key = source.removeprefix(STORE_PREFIX)
+        if store is None:
+            raise ModelError(f"{what} {source!r} is in the object store, but no store was given to load it from")
+        try:
+            with store.open(key) as src:
+                sha = _copy_hashing(src, tmp)
+        except KeyError:
+            raise ModelError(f"{what} object {key!r} does not exist in {store.describe()}; upload it first") from None
+        except StorageError as exc:
+            raise ModelError(f"{what} object {key!r} cannot be read from {store.describe()}: {exc}") from exc
+        return sha, f"{store.describe()}/{key}"
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ModelError(f"{what} file {path} does not exist; check the path in the model spec")
+    with path.open("rb") as src:
+        sha = _copy_hashing(src, tmp)
+    return sha, str(path)
+
+
+def _read_checkpoint(checkpoint: str, store: ObjectStore | None) -> tuple[Mapping[str, torch.Tensor], str]:
+    """(state dict, sha256 of the file), from a local file or the object store."""
+    obj, sha, where = read_object(checkpoint, store)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # open_clip training checkpoints wrap the weights
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -265,6 +284,12 @@ def load_model(spec: ModelSpec, *, device: str, store: ObjectStore | None, kind:
     import open_clip
 
     dev = choose_device(device)
+    if spec.arch == TAISU_LIT_ARCH:
+        if kind == "coca":
+            raise ModelError("taisu-lit is TaiSu's retrieval model (LiT): it scores image-text pairs but cannot write captions")
+        from taisu_etl.models.taisu_lit import load_taisu_lit
+
+        return load_taisu_lit(spec, device=dev, store=store)
     name, cfg = _resolve_arch(spec.arch)
     is_coca = "multimodal_cfg" in cfg
     if kind == "coca" and not is_coca:

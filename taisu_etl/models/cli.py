@@ -105,7 +105,7 @@ def models_build_tiny(
 
 @models_app.command("info")
 def models_info(
-    spec: Annotated[str, typer.Argument(help="tiny-clip | tiny-coca | ARCH=CHECKPOINT[,tokenizer=T][,context_length=N]")],
+    spec: Annotated[str, typer.Argument(help="tiny-clip | tiny-coca | ARCH=CHECKPOINT[,tokenizer=T][,context_length=N] | taisu-lit:visual=PATH,text=PATH,sp=PATH")],
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
 ) -> None:
     """Load a model and print its id, parameter count and device."""

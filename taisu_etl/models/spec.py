@@ -11,6 +11,7 @@ TINY_DIR = Path(__file__).resolve().parent / "tiny"
 BUILTIN_PREFIX = "builtin:"
 STORE_PREFIX = "store:"
 SENTENCEPIECE_PREFIX = "sentencepiece:"
+TAISU_LIT_ARCH = "taisu-lit"  # TaiSu's released LiT pair: OpenAI-CLIP image tower + Chinese text tower
 
 # name -> (config file, checkpoint file) inside TINY_DIR; the tokenizer is shared.
 BUILTINS: dict[str, tuple[str, str]] = {
@@ -31,12 +32,16 @@ class ModelSpec:
     tokenizer: "open_clip" (the arch's own), "sentencepiece:<path to .model>", or "builtin" (the
         tiny models' vocabulary).
     context_length: tokens per text; default: the arch's.
+    text_checkpoint: arch "taisu-lit" only: the text tower's file (TaiSu's {"weights": ...});
+        `checkpoint` is then the OpenAI-CLIP image tower and `tokenizer` "sentencepiece:<path>"
+        (CogView's cog-pretrain.model; a path or store:<key>).
     """
 
     arch: str
     checkpoint: str
     tokenizer: str = "open_clip"
     context_length: int | None = None
+    text_checkpoint: str = ""
 
 
 def builtin_spec(name: str) -> ModelSpec:
@@ -47,12 +52,38 @@ def builtin_spec(name: str) -> ModelSpec:
     return ModelSpec(arch=BUILTIN_PREFIX + name, checkpoint=str(TINY_DIR / BUILTINS[name][1]), tokenizer="builtin")
 
 
+def taisu_lit_spec(visual: str, text: str, sp: str, context_length: int | None = None) -> ModelSpec:
+    """TaiSu's LiT pair: image tower file, text tower file, SentencePiece model (paths or store:<key>)."""
+    return ModelSpec(arch=TAISU_LIT_ARCH, checkpoint=visual, text_checkpoint=text,
+                     tokenizer=SENTENCEPIECE_PREFIX + sp, context_length=context_length)
+
+
+def _parse_taisu_lit(text: str) -> ModelSpec:
+    usage = f"use {TAISU_LIT_ARCH}:visual=PATH,text=PATH,sp=PATH[,context_length=N]"
+    fields: dict[str, str] = {}
+    for option in text.removeprefix(TAISU_LIT_ARCH + ":").split(","):
+        key, sep, value = option.partition("=")
+        if not sep or key not in ("visual", "text", "sp", "context_length") or not value:
+            raise ModelError(f"bad option {option!r} in model spec {text!r}; {usage}")
+        fields[key] = value
+    missing = [k for k in ("visual", "text", "sp") if k not in fields]
+    if missing:
+        raise ModelError(f"model spec {text!r} lacks {', '.join(missing)}=; {usage}")
+    ctx = fields.get("context_length")
+    if ctx is not None and not ctx.isdigit():
+        raise ModelError(f"context_length must be a whole number in model spec {text!r}")
+    return taisu_lit_spec(fields["visual"], fields["text"], fields["sp"], int(ctx) if ctx else None)
+
+
 def parse_spec(text: str) -> ModelSpec:
-    """A spec from one command-line word: "tiny-clip", "builtin:tiny-coca", or
-    "ARCH=CHECKPOINT[,tokenizer=...][,context_length=N]"."""
+    """A spec from one command-line word: "tiny-clip", "builtin:tiny-coca",
+    "ARCH=CHECKPOINT[,tokenizer=...][,context_length=N]" or
+    "taisu-lit:visual=PATH,text=PATH,sp=PATH[,context_length=N]"."""
     text = text.strip()
     if text.removeprefix(BUILTIN_PREFIX) in BUILTINS:
         return builtin_spec(text)
+    if text.startswith(TAISU_LIT_ARCH + ":"):
+        return _parse_taisu_lit(text)
     arch, sep, rest = text.partition("=")
     if not sep:
         raise ModelError(f"bad model spec {text!r}; use tiny-clip, tiny-coca or ARCH=CHECKPOINT[,tokenizer=T][,context_length=N]")

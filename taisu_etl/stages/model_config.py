@@ -21,20 +21,31 @@ class ModelConfig(BaseModel):
     arch: str = Field(
         description=(
             "open_clip built-in name (e.g. ViT-B-32), a path to an open_clip JSON config (the model "
-            "name is the file stem), or builtin:tiny-clip / builtin:tiny-coca (the project's tiny models)"
+            "name is the file stem), builtin:tiny-clip / builtin:tiny-coca (the project's tiny models), or "
+            "taisu-lit (TaiSu's released LiT pair, scoring only)"
         )
     )
     checkpoint: str = Field(
         "",
-        description="local file, or store:<object key> in the object store; empty only for the builtin models",
+        description=(
+            "local file, or store:<object key> in the object store; empty only for the builtin models "
+            "(taisu-lit: the OpenAI-CLIP image tower's state dict)"
+        ),
     )
-    tokenizer: str = Field("open_clip", description="open_clip | sentencepiece:<path to .model> | builtin")
+    text_checkpoint: str = Field("", description="taisu-lit only: TaiSu's text tower file ({'weights': ...}), a path or store:<key>")
+    tokenizer: str = Field(
+        "open_clip", description="open_clip | sentencepiece:<path to .model> | builtin (taisu-lit: sentencepiece:<cog-pretrain.model>)",
+    )
     context_length: int | None = Field(None, ge=4, description="token context length; default: the config's")
 
     @model_validator(mode="after")
     def _needs_checkpoint(self) -> "ModelConfig":
         if not self.arch.startswith("builtin:") and not self.checkpoint:
             raise ValueError(f"model {self.arch!r} needs a checkpoint (a local file or store:<key>): no weights are downloaded")
+        if self.arch == "taisu-lit" and (not self.text_checkpoint or not self.tokenizer.startswith("sentencepiece:")):
+            raise ValueError('model "taisu-lit" needs text_checkpoint (the text tower) and tokenizer = "sentencepiece:<path>"')
+        if self.arch != "taisu-lit" and self.text_checkpoint:
+            raise ValueError("text_checkpoint is for arch taisu-lit only")
         return self
 
     def spec(self) -> "ModelSpec":
@@ -42,7 +53,8 @@ class ModelConfig(BaseModel):
 
         if self.arch.startswith("builtin:") and not self.checkpoint:
             return builtin_spec(self.arch.removeprefix("builtin:"))
-        return ModelSpec(arch=self.arch, checkpoint=self.checkpoint, tokenizer=self.tokenizer, context_length=self.context_length)
+        return ModelSpec(arch=self.arch, checkpoint=self.checkpoint, tokenizer=self.tokenizer, context_length=self.context_length,
+                         text_checkpoint=self.text_checkpoint)
 
 
 class ScoreConfig(BaseModel):
