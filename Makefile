@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install airflow airflow-down airflow-status bench-ledger ddl compose-check clean
+.PHONY: demo test install train-env airflow airflow-down airflow-status bench-ledger ddl compose-check clean
 
 install: $(STAMP)
 
@@ -23,10 +23,26 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q taisu_etl dags
 	touch $(STAMP)
 
+# open_clip's trainer in an environment of its own: open_clip_torch[training]==3.3.0 pins
+# webdataset<=0.2.86, this project needs >=0.2.100. Used by tests/release/test_open_clip_train.py
+# (the real `open_clip_train.main` on a release). torch first for the same reason as above;
+# torchvision pinned because a newer one replaces torch with a CUDA build.
+TRAIN_VENV  ?= .venv-train
+TRAIN_STAMP := $(TRAIN_VENV)/.installed
+
+train-env: $(TRAIN_STAMP)
+
+$(TRAIN_STAMP): | $(STAMP)
+	test -x $(TRAIN_VENV)/bin/python || python3 -m venv $(TRAIN_VENV)
+	$(TRAIN_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(TRAIN_VENV)/bin/python \
+	  'open_clip_torch[training]==3.3.0' torchvision==0.28.0
+	touch $(TRAIN_STAMP)
+
 demo: install
 	$(VENV)/bin/taisu-etl demo
 
-test: install
+test: install train-env
 	$(PY) tests/preflight.py
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 

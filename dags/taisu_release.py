@@ -56,6 +56,14 @@ FORMATS = ["taisu", "webdataset", "parquet"]
                                          description="include the generated caption (TaiSu's g)"),
         "tgz": Param(False, type="boolean", title="Gzip TaiSu parts", description="write the TaiSu image parts as .tgz"),
         "shard_size": Param(10000, type="integer", minimum=1, title="Shard size", description="samples per shard"),
+        "min_shards": Param(4, type="integer", minimum=1, title="Minimum shards",
+                            description="split a small release into at least this many shards (open_clip_train needs "
+                                        "shards >= --workers x GPUs; its --workers defaults to 4)"),
+        "wds_captions": Param(None, type=["null", "string"], enum=[None, "w", "g", "both"], title="Webdataset captions",
+                              description="w: .txt = web caption; g: .txt = generated (else web); "
+                                          "both (or empty): .txt = web, .gen.txt = generated"),
+        "source_root": Param(None, type=["null", "string"], title="Source root",
+                             description="publish each sample's source relative to this folder; empty: the file name only"),
         "sources": Param([], type="array", items={"type": "string"}, title="Sources",
                          description="only samples whose source matches one of these globs, one per line; empty: all"),
         "parent": Param(None, type=["null", "string"], title="Parent release",
@@ -84,6 +92,9 @@ def taisu_release() -> None:
         "with_generated_captions": "{{ params.with_generated_captions }}",
         "tgz": "{{ params.tgz }}",
         "shard_size": "{{ params.shard_size }}",
+        "min_shards": "{{ params.min_shards }}",
+        "wds_captions": "{{ params.wds_captions }}",
+        "source_root": "{{ params.source_root }}",
         "sources": "{{ params.sources }}",
         "parent": "{{ params.parent }}",
     }

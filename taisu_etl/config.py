@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, InitSettingsSource, PydanticBaseSett
 from taisu_etl.errors import ConfigError
 from taisu_etl.fetch.settings import FetchSettings
 from taisu_etl.images.config import ImageConfig
+from taisu_etl.release.card_config import ReleaseCardConfig
 from taisu_etl.stages.model_config import CaptionConfig, ScoreConfig
 from taisu_etl.text.config import TextFilterConfig
 
@@ -76,6 +77,7 @@ class Settings(BaseSettings):
     image: ImageConfig = ImageConfig()
     score: ScoreConfig = ScoreConfig()
     caption: CaptionConfig = CaptionConfig()
+    release: ReleaseCardConfig = ReleaseCardConfig()
 
     @model_validator(mode="after")
     def _s3_needs_endpoint(self) -> "Settings":

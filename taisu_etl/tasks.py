@@ -279,6 +279,8 @@ def release_create(name: str | None, options: Mapping[str, Any], recipe: str | N
     refused, as releases are immutable.
     """
     from taisu_etl.release import LATEST, ReleaseExistsError, ReleaseOptions, create_release
+    from taisu_etl.release.card_config import card_record
+    from taisu_etl.release.options import OPEN_CLIP_DEFAULT_WORKERS
     from taisu_etl.services import open_store
 
     name = name or release_name_for(context)
@@ -292,12 +294,16 @@ def release_create(name: str | None, options: Mapping[str, Any], recipe: str | N
         tgz=bool(opts.get("tgz", False)),
         shard_size=int(opts.get("shard_size", 10_000)),
         parent=opts.get("parent") or LATEST,
+        min_shards=int(opts.get("min_shards", OPEN_CLIP_DEFAULT_WORKERS)),
+        wds_captions=str(opts.get("wds_captions", "both")),
+        source_root=opts.get("source_root"),
     )
     with _opened(recipe) as (settings, ledger):
         store = open_store(settings)
         try:
             report = create_release(ledger, store, name, release_options,
-                                    ctx=_ctx(context, settings.recipe_version), progress=log.info)
+                                    ctx=_ctx(context, settings.recipe_version), progress=log.info,
+                                    card_info=card_record(settings.release, settings.score))
         except ReleaseExistsError:
             earlier = _published_by_this_run(ledger, store, name, release_options, context)
             if earlier is None:

@@ -67,7 +67,20 @@ def caption_hash(caption: str, *, caption_is_normalised: bool = False) -> str:
 def taisu_slice_id(url: str) -> str:
     """TaiSu's id for a URL: characters 8-48 of the URL with '/', '=', '.', ',' removed.
 
-    `http://img1.baidu.com/it/u=1848496827,1042591513&fm=...` -> `img1baiducomitu1848496827104259151`
-    (TaiSu sliced the raw URL string, so this uses the URL as given, not the normalised one).
+    TaiSu's download tool (`name = pic_url[8:48]`, then those four characters dropped) slices at
+    index 8 whatever the scheme, which skips exactly `https://` but also the host's first letter
+    after `http://`:
+
+        https://img1.baidu.com/it/u=1848496827,1042591513&fm=253  -> img1baiducomitu1848496827104259151
+        http://img1.baidu.com/it/u=1848496827,1042591513&fm=253   -> mg1baiducomitu18484968271042591513
+
+    It slices the raw URL string, so this uses the URL as given, not the normalised one.
     """
     return url[8:48].translate(_SLICE_DROP)
+
+
+def taisu_identity(image_id: str) -> str:
+    """The ledger identity of an image ingested from TaiSu's archives under TaiSu's id `image_id`:
+    its `url_id` is `url_id(taisu_identity(image_id))`, which tells such a sample from one whose
+    `taisu_id` is only the slice of its URL."""
+    return f"taisu:{image_id}"

@@ -20,13 +20,14 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from taisu_etl.db.context import RunContext
 from taisu_etl.db.ledger import Ledger
 from taisu_etl.release import card, layout, records
-from taisu_etl.release.captions import CaptionWriters
+from taisu_etl.release.captions import CaptionWriters, member_key
+from taisu_etl.release.card_config import card_record
 from taisu_etl.release.claim import DEFAULT_STALE_SECONDS, ReleaseClaim
 from taisu_etl.release.diff import merge_diff
 from taisu_etl.release.errors import ReleaseError, ReleaseExistsError
@@ -34,10 +35,10 @@ from taisu_etl.release.fonts import find_cjk_font
 from taisu_etl.release.manifest import FORMAT, FileEntry, dumps, hash_file, read_manifest, read_manifest_bytes, sha256sums, with_files
 from taisu_etl.release.options import LATEST, ReleaseOptions
 from taisu_etl.release.parquet import ParquetShardWriter
-from taisu_etl.release.selection import SelectionStats, iter_members
+from taisu_etl.release.selection import SelectionStats, count_members, iter_members
 from taisu_etl.release.stats import ReleaseStats
 from taisu_etl.release.tarwriter import Digest, HashingFile, TarWriter
-from taisu_etl.release.webdataset import add_sample, sizes_json
+from taisu_etl.release.webdataset import add_sample, captions_for, sizes_json
 from taisu_etl.release.workspace import build_folder
 from taisu_etl.storage import ObjectStore
 
@@ -146,6 +147,43 @@ def _with_images(store: ObjectStore, rows: Iterable[dict[str, Any]], workers: in
             yield head, fut.result()
 
 
+class _ShardPlan:
+    """How many samples each shard takes: `shard_size`, except in a small release.
+
+    A release with fewer than `shard_size * (min_shards - 1) + 1` members would have fewer than
+    `min_shards` shards (open_clip_train refuses fewer shards than dataloader workers): it is split
+    into `min(min_shards, members)` shards of near-equal size instead. The members are counted first
+    from the ledger (stopping at that bound, so a large release costs a few pages); each shard's size
+    is set when it opens, from the rows not yet read, so images missing at build time shrink the
+    shards that would have held them and the last shard takes whatever is left. The same ledger and
+    store give the same shards.
+    """
+
+    def __init__(self, shard_size: int, shards: int | None, expected: int) -> None:
+        self.shard_size = shard_size
+        self.shards = shards  # None: every shard takes shard_size
+        self.expected = expected
+
+    @classmethod
+    def for_release(cls, engine: Any, options: ReleaseOptions) -> "_ShardPlan":
+        if options.min_shards <= 1:
+            return cls(options.shard_size, None, 0)
+        bound = options.shard_size * (options.min_shards - 1) + 1
+        expected = count_members(engine, options, limit=bound)
+        if expected >= bound:
+            return cls(options.shard_size, None, expected)
+        return cls(options.shard_size, min(options.min_shards, expected), expected)
+
+    def target(self, index: int, consumed: int) -> int:
+        """Samples shard `index` takes when it opens after `consumed` rows were read."""
+        if self.shards is None:
+            return self.shard_size
+        left = self.shards - index
+        if left <= 1:
+            return 1 << 62  # the last shard: everything left, however the ledger changed since the count
+        return max(1, -(-max(self.expected - consumed, 0) // left))
+
+
 class _Shard:
     """The files of one shard being written: TaiSu part, webdataset shard, Parquet part."""
 
@@ -218,9 +256,12 @@ def create_release(
     ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions | None = None, *,
     ctx: RunContext | None = None, progress: Callable[[str], None] | None = None,
     font_path: str | None = None, workdir: str | Path | None = None, fetch_workers: int = 8,
-    stale_after: float = DEFAULT_STALE_SECONDS,
+    stale_after: float = DEFAULT_STALE_SECONDS, card_info: dict[str, Any] | None = None,
 ) -> ReleaseReport:
     """Build and publish release `name` from the ledger's eligible samples; see the package docstring.
+
+    `card_info`: what the dataset card says about licence, citation, takedown contact and score rule
+    (`card_config.card_record(settings.release, settings.score)`); None: TaiSu's licence, no contact.
 
     Refuses a name that is already published (ReleaseExistsError) or being created by another live
     run (ReleaseBusyError); a run of another node counts as gone once its claim has not been renewed
@@ -255,7 +296,7 @@ def create_release(
         cleared = _clear(store, name, claim)
         if cleared:
             say(f"removed {cleared} files an earlier, unfinished run of {name} left behind")
-        report = _build(ledger, store, name, options, parent, claim, recipe, font, say, workdir, fetch_workers)
+        report = _build(ledger, store, name, options, parent, claim, recipe, font, say, workdir, fetch_workers, card_info)
     except BaseException:
         try:
             claim.fail()
@@ -272,6 +313,7 @@ def create_release(
 def _build(
     ledger: Ledger, store: ObjectStore, name: str, options: ReleaseOptions, parent: str | None, claim: ReleaseClaim,
     recipe: dict[str, Any], font: str, say: Callable[[str], None], workdir: str | Path | None, fetch_workers: int,
+    card_info: dict[str, Any] | None = None,
 ) -> ReleaseReport:
     engine = ledger.engine
     release_id = claim.release_id
@@ -284,26 +326,31 @@ def _build(
     with build_folder(workdir, name, claim.owner, say) as tmp:
         uploader = _Uploader(store, name, claim.check)
         try:
-            captions = CaptionWriters(tmp) if "taisu" in options.formats else None
+            captions = CaptionWriters(tmp, with_url_id=True) if "taisu" in options.formats else None
             ids_file = HashingFile(tmp / "ids.txt")
             members: list[tuple[int, str]] = []
             shard: _Shard | None = None
             index = 0
+            plan = _ShardPlan.for_release(engine, options)
+            target = options.shard_size
+            consumed = 0  # rows read so far, skipped ones included
             rows = iter_members(engine, options, selection)
             for row, image in _with_images(store, rows, fetch_workers):
+                consumed += 1
                 if image is None:
                     skipped.missing_image += 1
                     continue
                 if row["sha256"] and hashlib.sha256(image).hexdigest() != row["sha256"]:
                     skipped.bad_image += 1
                     continue
-                if shard is not None and shard.count >= options.shard_size:
+                if shard is not None and shard.count >= target:
                     claim.check()
                     _finish_shard(shard, shard_sizes, uploader, stats, say)
                     index += 1
                     shard = None
                 if shard is None:
                     shard = _Shard(index, tmp, options)
+                    target = plan.target(index, consumed - 1)
                 _write_member(shard, row, image, options, captions, stats)
                 ids_file.write(f"{row['url_id']}\n".encode())
                 members.append((row["id"], shard.name))
@@ -335,6 +382,7 @@ def _build(
                 "format": FORMAT, "name": name, "version": 1, "recipe": recipe, "recipe_version": ledger.recipe_version,
                 "counts": counts, "models": stats.models(),
                 "shards": [{"name": s, "samples": n, "files": _shard_files(s, options)} for s, n in shard_sizes.items()],
+                "card": card_info if card_info is not None else card_record(),  # a takedown patch re-renders the card from it
             }
             say(f"release {name}: writing the dataset card")
             for path, local in card.render(tmp, body, ledger.funnel(), ledger.reason_counts(), stats, font).items():
@@ -392,30 +440,50 @@ def _shard_files(shard: str, options: ReleaseOptions) -> list[str]:
     return files
 
 
+def published_source(source: str, root: str | None) -> str:
+    """The `source` a release publishes: the ledger's path relative to `root` when it lies under it,
+    else the file name, never the builder's folders (the ledger keeps the full path as provenance).
+
+    Lexical, as recorded at ingest: a relative source is compared with the root as given.
+    """
+    path = PurePosixPath(source)
+    if root:
+        try:
+            rel = path.relative_to(PurePosixPath(root))
+        except ValueError:
+            rel = None
+        if rel is not None and rel.parts and ".." not in rel.parts:
+            return rel.as_posix()
+    return path.name or source
+
+
 def _write_member(shard: _Shard, row: dict[str, Any], image: bytes, options: ReleaseOptions,
                   captions: CaptionWriters | None, stats: ReleaseStats) -> None:
     sid = row["url_id"]
     w = row["caption_clean"] if row["caption_clean"] is not None else row["caption"]
     g = row["gen_caption"] if options.generated_captions else None
     g_model = row["gen_caption_model"] if g is not None else None
+    source = published_source(row["source"], options.source_root)
+    key = member_key(sid, row["taisu_id"])  # the TaiSu forms' name of the sample
     if shard.taisu is not None:
-        shard.taisu.add(f"{sid}.jpg", image)
+        shard.taisu.add(f"{key}.jpg", image)
     if shard.wds is not None:
-        add_sample(shard.wds, sid, image, w, {
+        txt, gen_txt = captions_for(options.wds_captions, w, g)
+        add_sample(shard.wds, sid, image, txt, {
             "id": sid, "url": row["url"], "taisu_id": row["taisu_id"], "caption": w, "gen_caption": g,
             "gen_caption_model": g_model, "score": row["score"], "score_model": row["score_model"],
-            "sha256": row["sha256"], "width": row["width"], "height": row["height"], "source": row["source"],
-        })
+            "sha256": row["sha256"], "width": row["width"], "height": row["height"], "source": source,
+        }, gen_txt)
     if shard.parquet is not None:
         shard.parquet.add({
-            "url_id": sid, "taisu_id": row["taisu_id"], "source": row["source"], "source_pos": row["source_pos"],
+            "url_id": sid, "taisu_id": row["taisu_id"], "source": source, "source_pos": row["source_pos"],
             "url": row["url"], "sha256": row["sha256"], "phash": row["phash"], "width": row["width"],
             "height": row["height"], "bytes": len(image), "score": row["score"], "score_model": row["score_model"],
             "caption": w, "gen_caption": g, "gen_caption_model": g_model, "shards": shard.image_files,
         })
     if captions is not None:
-        captions.add(sid, w, g)
-    stats.add(w, g, row["score"], row["score_model"], g_model)
+        captions.add(key, w, g, sid)
+    stats.add(w, g, row["score"], row["score_model"], g_model, sample_id=sid, image=image, width=row["width"], height=row["height"])
     shard.count += 1
 
 

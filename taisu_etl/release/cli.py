@@ -39,6 +39,14 @@ def create(
     shard_size: Annotated[int, typer.Option("--shard-size", help="samples per shard")] = 10_000,
     parent: Annotated[Optional[str], typer.Option("--parent", help="release to compare with (default: the latest published)")] = None,
     no_parent: Annotated[bool, typer.Option("--no-parent", help="no removal list: compare with nothing")] = False,
+    min_shards: Annotated[int, typer.Option(
+        "--min-shards", help="split a small release into at least this many shards (open_clip_train needs "
+        "shards >= --workers x GPUs; its --workers defaults to 4)")] = 4,
+    wds_captions: Annotated[str, typer.Option(
+        "--wds-captions", help="webdataset captions: w (.txt = web caption), g (.txt = generated, else web), "
+        "both (.txt = web, .gen.txt = generated)")] = "both",
+    source_root: Annotated[Optional[Path], typer.Option(
+        "--source-root", help="publish each sample's source relative to this folder (default: the file name only)")] = None,
 ) -> None:
     """Package the accepted samples as release NAME under releases/NAME/ in the object store.
 
@@ -46,6 +54,7 @@ def create(
     built under <TAISU home>/tmp; folders that killed runs left there go at the next run.
     """
     from taisu_etl.release.build import create_release
+    from taisu_etl.release.card_config import card_record
     from taisu_etl.release.errors import ReleaseError
     from taisu_etl.release.options import LATEST, ReleaseOptions
     from taisu_etl.services import open_ledger, open_store
@@ -54,7 +63,8 @@ def create(
         raise ReleaseError("--parent and --no-parent contradict each other: give one")
     options = ReleaseOptions(
         min_score=min_score, generated_captions=generated_captions, sources=tuple(source or ()), formats=_formats(formats),
-        tgz=tgz, shard_size=shard_size, parent=None if no_parent else (parent or LATEST),
+        tgz=tgz, shard_size=shard_size, parent=None if no_parent else (parent or LATEST), min_shards=min_shards,
+        wds_captions=wds_captions, source_root=str(source_root) if source_root is not None else None,
     )
     settings = load_settings(recipe)
     ledger = open_ledger(settings)
@@ -63,7 +73,8 @@ def create(
         store.check()
         # A silent run on another node is taken over after the same time a stage's silent lease runs out.
         create_release(ledger, store, name, options, progress=typer.echo, workdir=settings.home / "tmp",
-                       stale_after=float(settings.pipeline.lease_seconds))
+                       stale_after=float(settings.pipeline.lease_seconds),
+                       card_info=card_record(settings.release, settings.score))
     finally:
         ledger.dispose()
     where = settings.objects_root / "releases" / name if settings.store == "local" else None

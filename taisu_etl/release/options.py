@@ -10,6 +10,14 @@ from taisu_etl.release.errors import ReleaseError
 from taisu_etl.release.layout import check_name
 
 FORMATS = ("taisu", "webdataset", "parquet")
+# What a webdataset sample's `.txt` carries: the web caption (w), the generated one (g, falling back
+# to w where a sample has none, so every sample stays trainable), or both (`.txt` = w, `.gen.txt` = g
+# where the sample has one). Without generated captions (--no-generated-captions) every choice is w.
+WDS_CAPTIONS = ("w", "g", "both")
+# open_clip_train (open_clip_torch 3.3.0) asserts `shards >= --workers * world_size` for a webdataset
+# it does not resample (open_clip_train/data.py), and params.py defaults --workers to 4: a small
+# release is split into at least this many shards so the trainer's defaults work on one GPU.
+OPEN_CLIP_DEFAULT_WORKERS = 4
 # The parent a release is compared with when none is named: the newest published one. A ':' can
 # never be in a release name, so this cannot collide with one.
 LATEST = ":latest"
@@ -26,6 +34,11 @@ class ReleaseOptions:
     tgz: bool = False
     shard_size: int = 10_000
     parent: str | None = LATEST
+    min_shards: int = OPEN_CLIP_DEFAULT_WORKERS
+    wds_captions: str = "both"
+    # Published `source`: relative to this folder when the ledger's source lies under it, else the
+    # file name; never the builder's absolute path. Not recorded (it is the machine's layout).
+    source_root: str | None = None
 
     def __post_init__(self) -> None:
         formats = tuple(self.formats)
@@ -39,6 +52,10 @@ class ReleaseOptions:
         object.__setattr__(self, "sources", tuple(sorted(set(self.sources))))
         if isinstance(self.shard_size, bool) or not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ReleaseError(f"shard size must be a positive whole number of samples, got {self.shard_size!r}")
+        if isinstance(self.min_shards, bool) or not isinstance(self.min_shards, int) or self.min_shards < 1:
+            raise ReleaseError(f"minimum shard count must be a positive whole number, got {self.min_shards!r}")
+        if self.wds_captions not in WDS_CAPTIONS:
+            raise ReleaseError(f"unknown webdataset caption choice {self.wds_captions!r}: choose one of {', '.join(WDS_CAPTIONS)}")
         if self.min_score is not None and not math.isfinite(self.min_score):
             raise ReleaseError(f"minimum score must be a finite number, got {self.min_score!r}")
         if self.parent not in (None, LATEST):
@@ -57,4 +74,21 @@ class ReleaseOptions:
             "tgz": self.tgz,
             "shard_size": self.shard_size,
             "parent": parent,
+            "min_shards": self.min_shards,
+            "wds_captions": self.wds_captions,
+            # TaiSu parts and caption files name a sample ingested from TaiSu by TaiSu's own id (its
+            # url_id beside it in the caption files); recipes without the key used url_id throughout.
+            "taisu_ids": True,
+            "published_source": "relative" if self.source_root else "name",
         }
+
+
+# What a recipe without a key meant before the key existed, so that older releases verify and patch
+# exactly as they were built: one shard minimum, web captions only in `.txt`, url_id names in the
+# TaiSu parts, the ledger's `source` as it was.
+OLD_RECIPE_DEFAULTS: dict[str, Any] = {"min_shards": 1, "wds_captions": "w", "taisu_ids": False, "published_source": "ledger"}
+
+
+def recipe_value(recipe: dict[str, Any], key: str) -> Any:
+    """`recipe[key]`, or its meaning in a recipe written before the key existed."""
+    return recipe.get(key, OLD_RECIPE_DEFAULTS[key])

@@ -16,7 +16,7 @@ SCHEMA = pa.schema(
     [
         ("url_id", pa.string()),  # the public id: <url_id>.jpg in the tars
         ("taisu_id", pa.string()),
-        ("source", pa.string()),
+        ("source", pa.string()),  # relative to the release's source root, or the file name (build.published_source)
         ("source_pos", pa.string()),
         ("url", pa.string()),
         ("sha256", pa.string()),

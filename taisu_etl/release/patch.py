@@ -6,7 +6,10 @@
 A patch rewrites only the shards that hold a removed sample, in every format they have, through the
 release writer's own writers (a rewritten shard holds the same bytes a build of its remaining
 members would write), at the same keys, so download URLs and webdataset brace patterns keep working;
-the old bytes are then deleted from a versioned bucket. Unaffected shards are not touched. The files
+the old bytes are then deleted from a versioned bucket. Unaffected shards are not touched. A
+sample's members go together (its `.gen.txt` with its `.txt`), and a TaiSu part drops it by the name
+the build gave it there (TaiSu's own id, captions.member_key; the url_id in releases whose recipe
+predates `taisu_ids`); the caption files keep the form their release was built with. The files
 that list samples (ids.txt, the caption files, sizes.json), removed.txt, the dataset card and
 SHA256SUMS are written again; the previous version's manifest and ids.txt are kept under
 `history/vN/`. The new manifest is written last (the commit point), then the ledger records the
@@ -35,9 +38,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import sqlalchemy as sa
+
 from taisu_etl.db.ledger import Ledger
+from taisu_etl.db.schema import sample
 from taisu_etl.release import card, layout, records
-from taisu_etl.release.captions import CaptionWriters
+from taisu_etl.release.captions import CaptionWriters, member_key
 from taisu_etl.release.diff import merge_diff
 from taisu_etl.release.errors import ReleaseError, ReleaseNotFoundError
 from taisu_etl.release.fonts import find_cjk_font
@@ -52,6 +58,7 @@ from taisu_etl.release.manifest import (
     version_of,
     with_files,
 )
+from taisu_etl.release.options import recipe_value
 from taisu_etl.release.parquet import ParquetShardWriter
 from taisu_etl.release.stats import ReleaseStats
 from taisu_etl.release.tarwriter import Digest, HashingFile, TarWriter
@@ -59,7 +66,8 @@ from taisu_etl.release.webdataset import sizes_json
 from taisu_etl.storage import ObjectStore
 
 log = logging.getLogger(__name__)
-_STAT_COLUMNS = ("caption", "caption_clean", "gen_caption", "gen_caption_model", "score", "score_model")
+_STAT_COLUMNS = ("caption", "caption_clean", "gen_caption", "gen_caption_model", "score", "score_model",
+                 "width", "height", "bytes", "object_key")
 
 
 @dataclass
@@ -241,6 +249,11 @@ class _Patch:
         self.takedown_id, self.font, self.say = takedown_id, font, say
         self.version = version_of(manifest)
         self.removed = {t["url_id"] for t in targets}
+        recipe = manifest.get("recipe") or {}
+        self.taisu_ids = bool(recipe_value(recipe, "taisu_ids"))
+        # The TaiSu parts name a sample by member_key (TaiSu's id where it came from TaiSu); older
+        # releases (no recipe key `taisu_ids`) by its url_id, like every other file.
+        self.removed_taisu = self._taisu_keys(targets) if self.taisu_ids else self.removed
         self.entries = file_entries(manifest)
         self.shards = {s["name"]: s for s in manifest["shards"]}
         # A resumed patch may find files a crashed run already rewrote: write everything again.
@@ -249,6 +262,15 @@ class _Patch:
 
     def key(self, path: str) -> str:
         return layout.key(self.name, path)
+
+    def _taisu_keys(self, targets: list[dict[str, Any]]) -> set[str]:
+        ids = sorted({int(t["sample_id"]) for t in targets})
+        keys: set[str] = set()
+        with self.ledger.engine.connect() as conn:
+            for i in range(0, len(ids), 500):
+                query = sa.select(sample.c.url_id, sample.c.taisu_id).where(sample.c.id.in_(ids[i:i + 500]))
+                keys.update(member_key(uid, tid) for uid, tid in conn.execute(query))
+        return keys
 
     def run(self, workdir: str | Path | None) -> None:
         name, n = self.name, self.version
@@ -311,7 +333,9 @@ class _Patch:
                 continue
             w = row["caption_clean"] if row["caption_clean"] is not None else row["caption"]
             g = row["gen_caption"] if generated else None
-            stats.add(w, g, row["score"], row["score_model"], row["gen_caption_model"] if g is not None else None)
+            stats.add(w, g, row["score"], row["score_model"], row["gen_caption_model"] if g is not None else None,
+                      sample_id=row["url_id"], width=row["width"], height=row["height"], nbytes=row["bytes"], image_key=row["object_key"])
+        stats.load_thumbnails(self.store.get)  # only the card's few examples: their images, not every member's
         return stats
 
     def _write_plan(self) -> None:
@@ -371,11 +395,12 @@ class _Patch:
 
     def _rewrite_tar(self, path: str, local: Path) -> tuple[Digest, int]:
         writer = TarWriter(local, compress=path.endswith(".tgz"))
+        removed = self.removed_taisu if path.startswith(layout.TAISU_IMAGES + "/") else self.removed
         images = 0
         try:
             with self._open(path) as src, tarfile.open(fileobj=src, mode="r|*") as tar:
                 for member in tar:
-                    if member.name.split(".", 1)[0] in self.removed:
+                    if member.name.split(".", 1)[0] in removed:
                         continue
                     blob = tar.extractfile(member) if member.isfile() else None
                     if blob is None:
@@ -430,12 +455,12 @@ class _Patch:
 
         if layout.TAISU_CAPTIONS_JSONL in self.entries:
             # All three caption forms from the JSON lines, through the build's writer: the same bytes a build writes.
-            writers = CaptionWriters(tmp)
+            writers = CaptionWriters(tmp, with_url_id=self.taisu_ids)
             with self._open(layout.TAISU_CAPTIONS_JSONL) as src:
                 for line in src:
                     item = json.loads(line)
-                    if item["id"] not in self.removed:
-                        writers.add(item["id"], item["w"], item["g"])
+                    if item.get("url_id", item["id"]) not in self.removed:
+                        writers.add(item["id"], item["w"], item["g"], item.get("url_id"))
             for path, (cap_local, digest) in writers.close().items():
                 self._upload(path, cap_local, digest)
         if layout.WDS_SIZES in self.entries:

@@ -118,3 +118,14 @@ def iter_members(engine: Engine, options: ReleaseOptions, stats: SelectionStats,
             yield row
         if len(rows) < page:
             return
+
+
+def count_members(engine: Engine, options: ReleaseOptions, *, limit: int) -> int:
+    """How many members `iter_members` yields, counting no further than `limit` (a database-only pass:
+    images that turn out missing or damaged while the release is built are not known here)."""
+    seen = 0
+    for _ in iter_members(engine, options, SelectionStats()):
+        seen += 1
+        if seen >= limit:
+            break
+    return seen

@@ -37,6 +37,7 @@ from taisu_etl.release import layout, records
 from taisu_etl.release.diff import merge_diff
 from taisu_etl.release.errors import ReleaseError
 from taisu_etl.release.manifest import read_manifest_bytes, version_of
+from taisu_etl.release.options import recipe_value
 from taisu_etl.release.selection import blocked
 from taisu_etl.storage import ObjectStore
 from taisu_etl.vocab import State
@@ -141,6 +142,25 @@ def _count(path: str, local: Path) -> int | None:
     return None
 
 
+def _wds_members(path: str, local: Path, choice: str, report: VerifyReport) -> int:
+    """Check that every sample of a webdataset shard has its `.jpg`, `.json` and `.txt` (what a trainer
+    needs) and a `.gen.txt` only where the recipe's `wds_captions` is `both`; returns the `.gen.txt` count."""
+    exts: dict[str, set[str]] = {}
+    for member in _tar_keys(local):
+        key, _, ext = member.partition(".")
+        exts.setdefault(key, set()).add(ext)
+    incomplete = sorted(k for k, e in exts.items() if not {"jpg", "json", "txt"} <= e)
+    if incomplete:
+        report.problems.append(Problem(path, f"{len(incomplete):,} samples lack a .jpg, .json or .txt member (e.g. {incomplete[0]})"))
+    extra = sorted({x for e in exts.values() for x in e} - {"jpg", "json", "txt", "gen.txt"})
+    if extra:
+        report.problems.append(Problem(path, f"holds members of unknown kinds: {', '.join(extra)}"))
+    generated = sum(1 for e in exts.values() if "gen.txt" in e)
+    if generated and choice != "both":
+        report.problems.append(Problem(path, f"holds {generated:,} .gen.txt members, but the recipe's wds_captions is {choice!r}", 0, generated))
+    return generated
+
+
 def _expected_counts(manifest: dict[str, Any]) -> dict[str, int]:
     counts = manifest["counts"]
     expected = {layout.IDS: counts["samples"], layout.REMOVED: counts["removed"]}
@@ -184,6 +204,9 @@ def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = Non
         if required not in listed:
             report.problems.append(Problem(layout.MANIFEST, f"does not list {required}, which every release has"))
     seen_flagged: set[str] = set()
+    wds_choice = recipe_value(manifest.get("recipe") or {}, "wds_captions")
+    wds_generated = 0
+    wds_read_whole = True
     with tempfile.TemporaryDirectory(prefix=f"taisu-verify-{name}-") as tmpdir:
         tmp = Path(tmpdir)
         for path, entry in sorted(listed.items()):
@@ -192,6 +215,7 @@ def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = Non
                 digest, size = _download(store, layout.key(name, path), local)
             except KeyError:
                 report.problems.append(Problem(path, "missing from the store"))
+                wds_read_whole = wds_read_whole and not path.startswith(layout.WDS_DIR + "/")
                 continue
             report.files_checked += 1
             if size != entry["bytes"]:
@@ -204,14 +228,26 @@ def verify_release(store: ObjectStore, name: str, *, ledger: Ledger | None = Non
                 got = _count(path, local)
             except Exception as exc:  # unreadable content is a finding
                 report.problems.append(Problem(path, f"cannot be read ({type(exc).__name__}: {exc})"))
+                wds_read_whole = wds_read_whole and not path.startswith(layout.WDS_DIR + "/")
                 continue
             if got is not None and path in expected and got != expected[path]:
                 report.problems.append(Problem(path, "sample count differs from the manifest", expected[path], got))
+            if path.startswith(layout.WDS_DIR + "/") and path.endswith(".tar"):
+                try:
+                    wds_generated += _wds_members(path, local, wds_choice, report)
+                except Exception as exc:
+                    report.problems.append(Problem(path, f"cannot be read ({type(exc).__name__}: {exc})"))
+                    wds_read_whole = False
             if path == layout.IDS and ledger is not None:
                 seen_flagged = _check_ledger(ledger, row, local, report, flagged)
                 if row is not None:
                     _check_members(ledger, row, local, report)
             local.unlink()
+    with_generated = manifest["counts"].get("with_generated_caption")
+    has_wds = any(p.startswith(layout.WDS_DIR + "/") and p.endswith(".tar") for p in listed)
+    if has_wds and wds_read_whole and wds_choice == "both" and with_generated is not None and wds_generated != int(with_generated):
+        report.problems.append(Problem(layout.WDS_DIR, "the .gen.txt members differ in number from the manifest's samples with a "
+                                       "generated caption", with_generated, wds_generated))
     unseen = sorted(set(flagged) - seen_flagged)
     if unseen:
         named = ", ".join(f"{uid} (ledger id {flagged[uid][0]}, {flagged[uid][1]})" for uid in unseen[:_EXAMPLES])

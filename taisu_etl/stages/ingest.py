@@ -34,7 +34,7 @@ from taisu_etl.sources.records import nul_field, nul_row
 from taisu_etl.sources.taisu import image_kind
 from taisu_etl.storage import ObjectStore
 from taisu_etl.takedown.guard import blocked_by_url
-from taisu_etl.urls import taisu_slice_id
+from taisu_etl.urls import taisu_identity, taisu_slice_id
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def ingest_taisu(
                 caption=rec.caption or "",
                 source=rec.origin,
                 url=rec.normalised_url,
-                identity=f"taisu:{rec.source_id}",
+                identity=taisu_identity(rec.source_id),
                 source_pos=rec.position,
                 taisu_id=rec.source_id,
                 fields=fields,
