@@ -14,6 +14,9 @@ ImageFormat = Literal["jpeg", "png", "webp", "gif"]
 
 ALL_FORMATS: tuple[ImageFormat, ...] = ("jpeg", "png", "webp", "gif")
 
+# img2dataset's resize modes (resize_only_if_bigger=True: nothing is ever enlarged).
+ResizeMode = Literal["keep_ratio_largest", "keep_ratio", "center_crop", "border"]
+
 
 class ImageConfig(BaseModel):
     """Parameters of decoding, normalisation, size checks and near-duplicate detection."""
@@ -55,7 +58,39 @@ class ImageConfig(BaseModel):
         ge=16,
         description=(
             "Shrink so the longest side is at most this many pixels (never enlarges); none = keep "
-            "the source size. Size checks still judge the source (see checks.py)."
+            "the source size. Size checks still judge the source (see checks.py). The older name "
+            "of max_side with resize_mode = keep_ratio_largest; set one of the two, not both."
+        ),
+    )
+    max_side: int | None = Field(
+        None,
+        ge=16,
+        description=(
+            "Target size of the resize (img2dataset's image_size); none = keep the source size. "
+            "An image already within it is stored as it is (never enlarged, and a clean JPEG "
+            "stays lossless). JPEGs decode at the smallest DCT scale (1/8..1/1) at or above the "
+            "target, then Pillow's BOX filter (area averaging, img2dataset's cv2.INTER_AREA) "
+            "shrinks them the rest of the way."
+        ),
+    )
+    resize_mode: ResizeMode = Field(
+        "keep_ratio_largest",
+        description=(
+            "How max_side applies, as in img2dataset: keep_ratio_largest = longest side at most "
+            "max_side; keep_ratio = shortest side at most max_side; center_crop = shortest side "
+            "to max_side, then the centre max_side x max_side square; border = longest side to "
+            "max_side, then padded with white to a max_side square."
+        ),
+    )
+    lossless_jpeg: bool = Field(
+        True,
+        description=(
+            "Store a clean baseline/progressive YCbCr JPEG as its own entropy-coded data with "
+            "every APPn/COM segment and trailing byte dropped: same pixels, no second lossy "
+            "generation, a fraction of the CPU. EXIF orientation other than 1 is applied by "
+            "jpegtran -perfect where the size allows (else re-encoded); a non-sRGB ICC "
+            "profile (with color_manage), grey, CMYK, 12-bit, arithmetic or lossless JPEGs and "
+            "any resize still decode and re-encode. false = always decode and re-encode."
         ),
     )
     jpeg_quality: int = Field(
@@ -106,10 +141,25 @@ class ImageConfig(BaseModel):
         dupes = sorted({f for f in self.allowed_formats if self.allowed_formats.count(f) > 1})
         if dupes:
             raise ValueError(f"allowed_formats names {', '.join(dupes)} more than once")
+        if self.resize_longest is not None and self.max_side is not None:
+            raise ValueError(
+                "[image] sets both resize_longest and max_side; keep max_side (resize_longest "
+                "is its older name for resize_mode = keep_ratio_largest)"
+            )
         if self.resize_longest is not None and self.resize_longest < self.min_side:
             # The check judges the source, but a stored image whose longest side is below the
             # minimum accepted side would contradict the recipe's own intent.
             raise ValueError(
                 f"resize_longest ({self.resize_longest}) is below min_side ({self.min_side})"
             )
+        if self.max_side is not None and self.max_side < self.min_side:
+            raise ValueError(f"max_side ({self.max_side}) is below min_side ({self.min_side})")
         return self
+
+    def resize_target(self) -> tuple[int, ResizeMode] | None:
+        """(side, mode) of the configured resize, resize_longest read as its older name."""
+        if self.max_side is not None:
+            return self.max_side, self.resize_mode
+        if self.resize_longest is not None:
+            return self.resize_longest, "keep_ratio_largest"
+        return None

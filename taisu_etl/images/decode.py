@@ -1,6 +1,13 @@
 """Untrusted bytes in, a clean JPEG out: sniff, cap, decode, orient, convert, re-encode, hash.
 
-The output is made from pixels alone, so whatever rode along in the input (EXIF with GPS
+Two paths, one result type. A clean baseline or progressive YCbCr JPEG that needs no colour
+conversion or resize is stored losslessly: `jpeg_markers.strip_jpeg` keeps its tables
+and entropy-coded scans byte for byte and drops every APPn/COM segment and whatever follows EOI,
+and a strict libjpeg decode at 1/8..1/2 scale (the pHash's own decode) proves the stream
+decodes before it is accepted. One with an EXIF/XMP orientation is turned upright in the DCT
+domain by jpegtran (`jpeg_orient`) where its size allows an exact transform. Everything else
+(PNG, WebP, GIF, and JPEGs the lossless path does not take or cannot prove) is decoded and
+re-encoded from pixels alone. Either way, whatever rode along in the input (EXIF with GPS
 coordinates, ICC profiles, comments, XMP, a ZIP appended after the end marker) is gone. The
 pixel cap is checked on the header before any pixel is decoded. This module never kills a hung
 or crashing decoder itself; run it in `DecodePool` for that.
@@ -12,6 +19,7 @@ import hashlib
 import io
 import warnings
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
@@ -19,7 +27,9 @@ import simplejpeg
 from PIL import Image, ImageCms, ImageOps
 
 from taisu_etl.images.checks import check_dimensions
-from taisu_etl.images.config import ImageConfig, ImageFormat
+from taisu_etl.images.config import ImageConfig, ImageFormat, ResizeMode
+from taisu_etl.images.jpeg_markers import JpegHeader, UnsupportedJpeg, read_jpeg_header, strip_jpeg
+from taisu_etl.images.jpeg_orient import can_orient_losslessly, orient_losslessly
 from taisu_etl.images.results import ImageRejection, NormalisedImage
 
 # Pillow's plugin names; `Image.open(formats=[...])` then never tries any other parser.
@@ -71,9 +81,7 @@ def perceptual_hash(jpeg: bytes) -> str:
     Hashed from the stored bytes, not from the pixels before encoding, so anyone holding the
     object (a recheck, a takedown request run through `normalise_image`) gets the same value.
     """
-    grey = Image.fromarray(_grey_at_draft_scale(jpeg), "L")
-    side = _PHASH_IMAGE_SIDE
-    return _phash_hex(np.asarray(grey.resize((side, side), Image.Resampling.LANCZOS)))
+    return _phash_of_grey(_grey_at_draft_scale(jpeg))
 
 
 def _draft_scale(width: int, height: int, side: int) -> int:
@@ -84,26 +92,45 @@ def _draft_scale(width: int, height: int, side: int) -> int:
 
 def _grey_at_draft_scale(jpeg: bytes) -> np.ndarray:
     """The 2-D uint8 luma Pillow's `draft("L", (64, 64))` + `convert("L")` decodes from `jpeg`."""
-    try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(jpeg)
-    except ValueError:
-        colorspace = None
-    if colorspace in ("YCbCr", "Gray"):
-        scale = _draft_scale(width, height, _PHASH_DRAFT_SIDE)
-        want = (-(-height // scale), -(-width // scale))
-        try:
-            # strict: a stream libjpeg only warns about goes to Pillow, which decides for itself.
-            grey = simplejpeg.decode_jpeg(
-                jpeg, colorspace="GRAY", min_height=want[0], min_width=want[1], min_factor=scale
-            )
-        except ValueError:
-            grey = None
-        if grey is not None and grey.shape[:2] == want:
-            return grey[:, :, 0]
+    grey = _strict_grey_at_draft_scale(jpeg)
+    if grey is not None:
+        return grey
     with Image.open(io.BytesIO(jpeg), formats=["JPEG"]) as im:
         im.draft("L", (_PHASH_DRAFT_SIDE, _PHASH_DRAFT_SIDE))
         # convert() to the mode an image already has is only a copy; CMYK JPEGs still convert.
         return np.asarray(im if im.mode == "L" else im.convert("L"))
+
+
+def _strict_grey_at_draft_scale(
+    jpeg: bytes, colorspaces: tuple[str, ...] = ("YCbCr", "Gray")
+) -> np.ndarray | None:
+    """libjpeg's luma at the pHash's draft scale; None for another colour space or any warning.
+
+    strict: a stream libjpeg only warns about (truncated, corrupt Huffman data, extraneous
+    bytes) is an error here. DCT scaling skips only inverse-DCT work, never entropy decoding, so
+    a stream that passes has had every coefficient of every scan decoded.
+    """
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(jpeg)
+    except ValueError:
+        return None
+    if colorspace not in colorspaces:
+        return None
+    scale = _draft_scale(width, height, _PHASH_DRAFT_SIDE)
+    want = (-(-height // scale), -(-width // scale))
+    try:
+        grey = simplejpeg.decode_jpeg(
+            jpeg, colorspace="GRAY", min_height=want[0], min_width=want[1], min_factor=scale
+        )
+    except ValueError:
+        return None
+    return grey[:, :, 0] if grey.shape[:2] == want else None
+
+
+def _phash_of_grey(grey: np.ndarray) -> str:
+    side = _PHASH_IMAGE_SIDE
+    resized = Image.fromarray(grey, "L").resize((side, side), Image.Resampling.LANCZOS)
+    return _phash_hex(np.asarray(resized))
 
 
 def _phash_hex(pixels: np.ndarray) -> str:
@@ -132,7 +159,11 @@ def warm_up() -> None:
 def normalise_image(
     data: bytes, config: ImageConfig, *, apply_checks: bool = False
 ) -> NormalisedImage | ImageRejection:
-    """Decode untrusted image bytes and re-encode the first frame as an RGB JPEG.
+    """Untrusted image bytes to a clean RGB JPEG of the first frame.
+
+    A clean YCbCr JPEG that needs no colour conversion or resize keeps its own scans (see
+    `jpeg_markers`, and `lossless_jpeg` in the config), turned upright by jpegtran where EXIF
+    says so and its size allows (`jpeg_orient`); everything else is decoded and re-encoded.
 
     Rejections: not_image (signature not on the allowlist), too_many_pixels (header declares more
     than `config.max_pixels`; nothing is decoded), decode_error (anything the decoder refuses).
@@ -158,6 +189,10 @@ def normalise_image(
 def _normalise(
     data: bytes, fmt: ImageFormat, config: ImageConfig, apply_checks: bool
 ) -> NormalisedImage | ImageRejection:
+    if fmt == "jpeg" and config.lossless_jpeg:
+        kept = _keep_jpeg_losslessly(data, config, apply_checks)
+        if kept is not None:
+            return kept
     _allow_pillow_up_to(config.max_pixels)
     with warnings.catch_warnings():
         # Pillow warns (not raises) between its limit and twice it; a warning is still a bomb.
@@ -182,12 +217,15 @@ def _normalise(
 
         # First frame only: an animation's later frames are never decoded.
         im.seek(0)
-        target = _target_size(src_w, src_h, config.resize_longest)
-        if target is not None and fmt == "jpeg":
-            # libjpeg can decode at 1/2, 1/4 or 1/8 scale, filtering in the DCT domain; the
-            # smallest scale not below the target is within one grey level (mean) of a full
-            # decode + LANCZOS and 2-6x faster, since the LANCZOS pass is the costliest step.
-            im.draft(None, target)
+        wanted = config.resize_target()
+        plan = _plan_resize(src_w, src_h, *wanted) if wanted is not None else None
+        if plan is not None and fmt == "jpeg":
+            # libjpeg decodes at 1/2, 1/4 or 1/8 scale by filtering in the DCT domain; draft()
+            # picks the smallest scale whose size is still at or above the resample target,
+            # which skips most of the IDCT and leaves the resampler less than 2x to do.
+            # The resize modes are symmetric in width and height, so the unrotated plan sizes
+            # the draft whatever the EXIF orientation.
+            im.draft(None, plan.size)
         im.load()
         icc = im.info.get("icc_profile") if config.color_manage else None
 
@@ -198,17 +236,22 @@ def _normalise(
             pass
         if im.size != (loaded_w, loaded_h):
             src_w, src_h = src_h, src_w
-            if target is not None:
-                target = (target[1], target[0])
+            if wanted is not None:
+                plan = _plan_resize(src_w, src_h, *wanted)
 
         flat = _flatten(im)
-        if target is not None and flat.size != target:
-            # reducing_gap=2: shrink by an integer box first while at least 2x remains, the
-            # same trade Pillow's thumbnail() makes.
-            flat = flat.resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        if plan is not None:
+            if flat.size != plan.size:
+                # BOX is area averaging: Pillow's counterpart of cv2.INTER_AREA, which
+                # img2dataset downscales with; it never enlarges here.
+                flat = flat.resize(plan.size, Image.Resampling.BOX)
+            if plan.crop is not None:
+                flat = flat.crop(plan.crop)
         # Colour conversion after the resize: it costs per pixel, and resizing in the source's
         # own (gamma-encoded) space is what every viewer does anyway.
         rgb = _to_srgb(flat, icc)
+        if plan is not None and plan.canvas is not None:
+            rgb = _pad_to_square(rgb, plan.canvas)
 
     # Encode from pixels only: `info` is cleared because Pillow's JPEG writer carries a comment
     # over from it, and no exif/icc/xmp argument is passed.
@@ -241,12 +284,163 @@ def _allow_pillow_up_to(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _target_size(width: int, height: int, longest: int | None) -> tuple[int, int] | None:
-    """Size after shrinking the longest side to `longest`; None when no shrinking is needed."""
-    if longest is None or max(width, height) <= longest:
+def _keep_jpeg_losslessly(
+    data: bytes, config: ImageConfig, apply_checks: bool
+) -> NormalisedImage | ImageRejection | None:
+    """The JPEG's own scans without its metadata, or None to take the decode + re-encode path.
+
+    None whenever storing the scans as they are would not give what the full path gives: the
+    file is malformed or unusual (the full path keeps its own rejections), over the pixel cap
+    (the full path words that rejection), rotated by EXIF/XMP where jpegtran is missing or
+    cannot rotate it exactly, tagged with a profile the full path would convert, not YCbCr,
+    due for a resize, or not decodable by a strict libjpeg.
+    """
+    try:
+        header = read_jpeg_header(data)
+    except UnsupportedJpeg:
         return None
-    scale = longest / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
+    width, height = header.width, header.height
+    if width * height > config.max_pixels:
+        return None
+    if apply_checks:
+        rejection = check_dimensions(width, height, config)
+        if rejection is not None:
+            return rejection
+    if not _same_pixels_without_metadata(header, config):
+        return None
+    wanted = config.resize_target()
+    if wanted is not None and _plan_resize(width, height, *wanted) is not None:
+        return None
+    # exif_transpose's orientations; anything else (None, 1, 0, 9) leaves the pixels as stored.
+    rotation = header.orientation if header.orientation in range(2, 9) else None
+    if rotation is not None and not can_orient_losslessly(rotation, width, height, header.mcu):
+        return None
+    # Only now is the entropy-coded data read: an image bound for the full path costs a header.
+    try:
+        jpeg = strip_jpeg(data, header)
+    except UnsupportedJpeg:
+        return None
+    if rotation is not None:
+        upright = _orient_losslessly(jpeg, rotation, (width, height), config)
+        if upright is None:
+            return None
+        jpeg, width, height = upright
+    # The pHash's draft-scale decode doubles as the proof that the stream decodes cleanly.
+    grey = _strict_grey_at_draft_scale(jpeg, colorspaces=("YCbCr",))
+    if grey is None:
+        return None
+    return NormalisedImage(
+        jpeg=jpeg,
+        width=width,
+        height=height,
+        source_format="jpeg",
+        source_width=width,
+        source_height=height,
+        sha256=hashlib.sha256(jpeg).hexdigest(),
+        phash=_phash_of_grey(grey),
+        orig_bytes=len(data),
+    )
+
+
+# jpegtran rewrites the Huffman coding, so its output is not the input's size; anything far
+# past it is not a plausible transform of these coefficients.
+_ORIENT_OUTPUT_SLACK: Final = 1 << 20
+
+
+def _orient_losslessly(
+    jpeg: bytes, orientation: int, size: tuple[int, int], config: ImageConfig
+) -> tuple[bytes, int, int] | None:
+    """The stripped `jpeg` turned upright by jpegtran, with its new size; None to re-encode.
+
+    jpegtran's output is held to what its input was held to: the marker checks again (which
+    also drop the JFIF segment jpegtran writes) and the same colour and size expectations. The
+    strict pHash decode that follows in the caller then proves its scans.
+    """
+    out = orient_losslessly(
+        jpeg,
+        orientation,
+        # Half the pool's per-image limit, so that the re-encode after a stuck jpegtran still
+        # fits in it; jpegtran takes 20-60 ms on a web photo and 0.8 s on a 45 MP one.
+        timeout_s=config.decode_timeout_s / 2,
+        max_output=2 * len(jpeg) + _ORIENT_OUTPUT_SLACK,
+    )
+    if out is None:
+        return None
+    try:
+        header = read_jpeg_header(out)
+        if header.orientation is not None or not _same_pixels_without_metadata(header, config):
+            return None
+        # 5..8 swap the sides (transpose, rotations by 90 degrees); 2..4 keep them.
+        if (header.width, header.height) != (size[::-1] if orientation >= 5 else size):
+            return None
+        return strip_jpeg(out, header), header.width, header.height
+    except UnsupportedJpeg:
+        return None
+
+
+# Component ids 'R', 'G', 'B': libjpeg reads such a frame as RGB when no JFIF or Adobe segment
+# says otherwise, so dropping a JFIF segment would change how its samples are interpreted.
+_RGB_COMPONENT_IDS: Final = (0x52, 0x47, 0x42)
+
+
+def _same_pixels_without_metadata(header: JpegHeader, config: ImageConfig) -> bool:
+    """Whether the stripped stream means the same RGB pixels the full path would produce."""
+    # Three YCbCr components only: grey would be stored as one channel (the store's objects
+    # are RGB JPEGs); CMYK/YCCK need Adobe's inversion and a conversion anyway.
+    if len(header.component_ids) != 3 or header.component_ids == _RGB_COMPONENT_IDS:
+        return False
+    # Adobe transform 0 means RGB samples, 2 YCCK; only 1 (YCbCr) is what the ids imply.
+    if header.adobe_transform not in (None, 1):
+        return False
+    # exif_transpose acts on 2..8 (the caller rotates those losslessly or gives up); -1 is an
+    # EXIF block we could not read, so let Pillow judge.
+    if header.orientation == -1:
+        return False
+    # A profile the full path would convert through: keep its conversion. sRGB and profiles
+    # lcms cannot use are ignored by the full path too, so dropping them changes nothing.
+    if config.color_manage and header.icc_profile and _transform_for(header.icc_profile, "RGB"):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _ResizePlan:
+    size: tuple[int, int]  # what the image is resampled to
+    crop: tuple[int, int, int, int] | None  # then this box is cut out (center_crop)
+    canvas: int | None  # then it is centred on a white square of this side (border)
+
+
+def _plan_resize(width: int, height: int, side: int, mode: ResizeMode) -> _ResizePlan | None:
+    """img2dataset's resize with resize_only_if_bigger: None when the image is within `side`."""
+    if mode in ("keep_ratio", "center_crop"):
+        short = min(width, height)
+        if short <= side:
+            return None
+        size = _scaled(width, height, side, by_width=width == short)
+        crop = None
+        if mode == "center_crop":
+            left, top = (size[0] - side) // 2, (size[1] - side) // 2
+            crop = (left, top, left + side, top + side)
+        return _ResizePlan(size, crop, None)
+    long = max(width, height)
+    if long <= side:
+        return None
+    size = _scaled(width, height, side, by_width=width == long)
+    return _ResizePlan(size, None, side if mode == "border" else None)
+
+
+def _scaled(width: int, height: int, side: int, *, by_width: bool) -> tuple[int, int]:
+    """The size with the width (or the height) set to `side` and the aspect ratio kept."""
+    if by_width:
+        return side, max(1, round(height * side / width))
+    return max(1, round(width * side / height)), side
+
+
+def _pad_to_square(im: Image.Image, side: int) -> Image.Image:
+    """`im` centred on a white side x side canvas (img2dataset's border mode pads with white)."""
+    canvas = Image.new("RGB", (side, side), _WHITE)
+    canvas.paste(im, ((side - im.width) // 2, (side - im.height) // 2))
+    return canvas
 
 
 def _flatten(im: Image.Image) -> Image.Image:
