@@ -1,7 +1,12 @@
 """Fetch throughput: taisu-etl's fetch stage against img2dataset on the same loopback URL list.
 
 One run, side by side (a ratio, since these machines are shared and noisy):
-- a synthetic web (its own process) serves N meaningful 256x256 JPEGs on 127.0.0.1;
+- a web server on 127.0.0.1 serves the images: Debian's nginx by default (neither tool's code; one
+  worker process, access log off; `bench/static_web.py`), 5% of the URLs answered 404, or with
+  `--web synthweb` the project's synthetic web (its own aiohttp server, every URL an image);
+- the image set: N meaningful 256x256 JPEGs of ~6 KB, or with `--photos` realistic photos
+  (`bench/photo_set.py`: 1024x768 and 1600x1200, JPEG quality 85-95, 100-400 KB, a quarter
+  progressive, a third with EXIF GPS and Orientation 1/3/6/8; seeded, generated once and cached);
 - img2dataset (its own venv, `bash bench/peer_env.sh`), resize_mode=no, P processes x T threads;
 - taisu-etl's fetch stage with the same concurrency budget (P x T requests in flight), doing its
   full job: guarded fetch, decode + re-encode + pHash in a process pool, content-addressed PUT to an
@@ -43,8 +48,13 @@ And one that no other load on the machine moves much: CPU seconds per stored ima
 command's own processes (bench/proc_cpu.py), with the Postgres backends of taisu-etl's ledger
 writes shown apart; the web server and the S3 stand-in are in neither.
 
-    bash bench/peer_env.sh && bash bench/s3rver_env.sh
+With `--photos` the comparison adds img2dataset `resize_mode=keep_ratio --image_size N` (only
+ever shrinking) against taisu-etl's `[image] max_side = N, resize_mode = "keep_ratio"` (`--max-side`,
+default 512), and prints the machine's busy share during each run beside the ratios.
+
+    bash bench/peer_env.sh && bash bench/s3rver_env.sh && apt-get install nginx-light
     python bench/fetch.py --images 10000 --processes 1 --threads 64
+    python bench/fetch.py --photos --images 5000 --no-command
     python bench/fetch.py --images 10000 --stores rclone,s3rver,local --workdir /tmp
     python bench/fetch.py --images 3000 --stores rclone,s3rver,moto,local --probe-s3
 """
@@ -53,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
 import shutil
@@ -68,7 +79,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from img2dataset_peer import run_img2dataset  # noqa: E402
 from ledger import _reset_database  # noqa: E402
+from photo_set import describe as describe_photos  # noqa: E402
+from photo_set import photo_set  # noqa: E402
 from proc_cpu import NewProcessesCpu, cpu_seconds  # noqa: E402
+from static_web import StaticWeb, nginx_available  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from taisu_etl.db.engine import make_engine  # noqa: E402
@@ -80,7 +94,7 @@ from taisu_etl.stages.fetch import FetchReport, fetch_shard  # noqa: E402
 from taisu_etl.stages.ingest import ingest_file  # noqa: E402
 from taisu_etl.stages.text_filter import filter_shard  # noqa: E402
 from taisu_etl.storage import LocalObjectStore, ObjectStore, S3ObjectStore  # noqa: E402
-from taisu_etl.synthweb import SyntheticWeb, make_pairs  # noqa: E402
+from taisu_etl.synthweb import SyntheticWeb, make_pairs, render_jpegs  # noqa: E402
 from taisu_etl.text import TextFilter  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -297,7 +311,8 @@ class CommandRun:
     states: dict[str, int]
 
 
-def run_cli(db_url: str, store_env: dict[str, str], web_netloc: str, budget: int, home: Path) -> CommandRun:
+def run_cli(db_url: str, store_env: dict[str, str], web_netloc: str, budget: int, home: Path,
+            image_env: dict[str, str] | None = None) -> CommandRun:
     """Run `taisu-etl fetch --shard 0` as a user would, configured by TAISU_* variables, and time it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAISU_")}
     env.update({
@@ -306,7 +321,7 @@ def run_cli(db_url: str, store_env: dict[str, str], web_netloc: str, budget: int
         "TAISU_FETCH__ALLOW_LOOPBACK": json.dumps([web_netloc]),
         "TAISU_FETCH__CONCURRENCY": str(budget), "TAISU_FETCH__PER_HOST_CONCURRENCY": str(budget),
         "TAISU_FETCH__PER_HOST_RATE": "0", "TAISU_FETCH__BATCH_SIZE": "2000",
-        **store_env,
+        **store_env, **(image_env or {}),
     })
     cli = Path(sys.executable).with_name("taisu-etl")
     with NewProcessesCpu() as cpu:
@@ -331,6 +346,52 @@ def fresh_ledger(db_url: str, urls: Path) -> Ledger:
     return ledger
 
 
+def machine_busy() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
+def write_url_list(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["url", "caption"])
+        w.writerows(rows)
+    return path
+
+
+def static_small_set(root: Path, n: int, missing_rate: float) -> list[tuple[str, str]]:
+    """The synthetic web's 256x256 JPEGs as files under root/img/ for nginx; a `missing_rate`
+    share of the URLs name no file (nginx answers 404). Returns (path, caption) rows."""
+    pairs = make_pairs(n, seed=42)
+    served = n - round(n * missing_rate)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for pid, data in render_jpegs(pairs[:served]).items():
+        (root / "img" / f"{pid}.jpg").write_bytes(data)
+    return [(f"img/{p.id}.jpg" if i < served else f"img/missing-{p.id}.jpg", p.caption) for i, p in enumerate(pairs)]
+
+
+def static_photo_set(root: Path, n: int, missing_rate: float) -> tuple[list[tuple[str, str]], str]:
+    """The realistic photos (bench/photo_set.py, cached) linked under root/img/ for nginx."""
+    served = n - round(n * missing_rate)
+    photos = photo_set(served)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    for path in photos:
+        (root / "img" / path.name).symlink_to(path)
+    captions = [p.caption for p in make_pairs(n, seed=42)]
+    rows = [(f"img/{path.name}", captions[i]) for i, path in enumerate(photos)]
+    rows += [(f"img/missing-{i:06d}.jpg", captions[i]) for i in range(served, n)]
+    return rows, describe_photos(photos)
+
+
+def resized_config(max_side: int, mode: str) -> ImageConfig | None:
+    """ImageConfig with `[image] max_side` / `resize_mode`, or None where this ImageConfig has neither."""
+    if "max_side" not in ImageConfig.model_fields or "resize_mode" not in ImageConfig.model_fields:
+        return None
+    return ImageConfig(max_side=max_side, resize_mode=mode)
+
+
 def _stores(text: str) -> list[str]:
     names = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in names if s not in ("s3", "local", *S3_STANDINS)]
@@ -339,18 +400,43 @@ def _stores(text: str) -> list[str]:
     return names
 
 
+@dataclass
+class OurRun:
+    """One work-phase run of the fetch stage in this process."""
+
+    store: str
+    image: ImageConfig
+    label: str
+    report: FetchReport
+    main_cpu_s: float  # this process: the stage's event loop and its ledger threads
+    machine_busy: float  # share of the machine's CPU time busy during the run (all processes)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--images", type=int, default=None, help="URLs (default 10,000; 5,000 with --photos)")
+    ap.add_argument("--photos", action="store_true",
+                    help="the realistic photo set (bench/photo_set.py: 1024x768 and 1600x1200, 100-400 KB, "
+                         "progressive and EXIF among them) instead of the 256x256 drawings; served by nginx")
+    ap.add_argument("--web", choices=("nginx", "synthweb"), default=None,
+                    help="who serves the images: Debian's nginx (default when installed; neither tool's code) "
+                         "or the project's synthetic web")
+    ap.add_argument("--missing-rate", type=float, default=0.05,
+                    help="share of URLs nginx answers 404 (default 0.05; the synthetic web serves them all)")
+    ap.add_argument("--max-side", type=int, default=None,
+                    help="also compare img2dataset resize_mode=keep_ratio image_size=N with taisu-etl's "
+                         "[image] max_side=N, resize_mode=keep_ratio (default 512 with --photos)")
     ap.add_argument("--processes", type=int, default=1, help="img2dataset processes")
     ap.add_argument("--threads", type=int, default=64, help="img2dataset threads per process")
     ap.add_argument("--decode-workers", type=int, default=2, help="taisu-etl decode processes")
     ap.add_argument("--s3", choices=S3_STANDINS, default=None,
                     help="the S3 stand-in meant by `s3` in --stores (default: the first installed of rclone, s3rver, moto)")
-    ap.add_argument("--stores", type=_stores, default=["s3", "local"],
-                    help="object stores taisu-etl runs against, in order: s3, rclone, s3rver, moto, local (default s3,local)")
-    ap.add_argument("--peer", default="none,default",
-                    help="img2dataset re-encode modes to run: none, skip, default (comma list; empty = no peer)")
+    ap.add_argument("--stores", type=_stores, default=None,
+                    help="object stores taisu-etl runs against, in order: s3, rclone, s3rver, moto, local "
+                         "(default s3,local; s3 with --photos)")
+    ap.add_argument("--peer", default=None,
+                    help="img2dataset modes to run: none, skip, default, keep_ratio (comma list; empty = no peer; "
+                         "default none,default, plus keep_ratio when --max-side is set)")
     ap.add_argument("--probe-s3", action="store_true", help="also measure each S3 stand-in's PUT/s ceiling")
     ap.add_argument("--s3-warmup", type=int, default=None,
                     help="untimed PUTs into each S3 stand-in first (default: 20000 for s3rver, whose JIT needs them; 0 for the others)")
@@ -361,13 +447,28 @@ def main() -> int:
                          "it is a tmpfs with 2 GiB free, else the system temp folder)")
     ap.add_argument("--db-url", default=os.environ.get("TAISU_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/taisu_bench_fetch"))
     args = ap.parse_args()
+    images = args.images or (5_000 if args.photos else 10_000)
+    web_kind = args.web or ("nginx" if nginx_available() or args.photos else "synthweb")
+    if args.photos and web_kind != "nginx":
+        raise SystemExit("--photos is served by nginx only (`apt-get install nginx-light`)")
+    if web_kind == "nginx" and not nginx_available():
+        raise SystemExit("nginx not found: `apt-get install nginx-light` (Debian), or --web synthweb")
+    max_side = args.max_side if args.max_side is not None else (512 if args.photos else None)
+    peer_modes = [m.strip() for m in (args.peer if args.peer is not None else
+                                      "none,default" + (",keep_ratio" if max_side else "")).split(",") if m.strip()]
+    if "keep_ratio" in peer_modes and not max_side:
+        raise SystemExit("the keep_ratio peer needs --max-side")
     budget = args.processes * args.threads
     s3_default = args.s3 or next(k for k in S3_STANDINS if k not in STANDIN_BIN or STANDIN_BIN[k][0].exists())
     if args.s3 is None:
         missing = [f"`{STANDIN_BIN[k][1]}`" for k in S3_STANDINS[:S3_STANDINS.index(s3_default)]]
         print(f"S3 stand-in: {s3_default}" + (f" ({' and '.join(missing)} would install a faster one)" if missing else ""))
-    stores = list(dict.fromkeys(s3_default if s == "s3" else s for s in args.stores))
-    peer_modes = [m.strip() for m in args.peer.split(",") if m.strip()]
+    store_names = args.stores or (["s3"] if args.photos else ["s3", "local"])
+    stores = list(dict.fromkeys(s3_default if s == "s3" else s for s in store_names))
+    resized = resized_config(max_side, "keep_ratio") if max_side else None
+    variants: list[tuple[str, ImageConfig, str]] = [(name, ImageConfig(), name) for name in stores]
+    if max_side and resized is not None:
+        variants.append((stores[0], resized, f"{stores[0]}, max_side {max_side}"))
 
     workdir = args.workdir or default_workdir()
     system_tmp = Path(tempfile.gettempdir())
@@ -380,10 +481,12 @@ def main() -> int:
     servers: dict[str, S3Server] = {}
     probes: dict[str, dict[str, Probe]] = {}
     peers: dict[str, dict] = {}
-    ours: dict[str, FetchReport] = {}
+    ours: dict[str, OurRun] = {}
     server_cpu: dict[str, float] = {}  # the S3 stand-in's CPU ms per stored image, work-phase run
     commands: dict[str, CommandRun] = {}
     server_errors: dict[str, list[str]] = {}
+    set_text = ""
+    loads: list[str] = []
     try:
         for kind in dict.fromkeys([s for s in stores if s in S3_STANDINS] + (list(S3_STANDINS) if args.probe_s3 else [])):
             if kind in STANDIN_BIN and not STANDIN_BIN[kind][0].exists():
@@ -403,39 +506,70 @@ def main() -> int:
                 for way, p in probes[kind].items():
                     print(f"{kind}: {p.puts_per_s:,.0f} PUT/s through the {way} (64 concurrent, 2.8 KB, no fetching)")
 
-        pairs = make_pairs(args.images, seed=42)
         t0 = time.perf_counter()
-        with SyntheticWeb(pairs, processes=1) as web:
-            print(f"synthetic web: {args.images:,} images at {web.base_url} (rendered in {time.perf_counter() - t0:.1f} s)")
-            urls = web.write_url_list(tmp / "urls.csv", pairs).urls
+        web_root = tmp / "web"
+        rows: list[tuple[str, str]] = []
+        if web_kind == "synthweb":
+            pairs = make_pairs(images, seed=42)
+            web_cm: SyntheticWeb | StaticWeb = SyntheticWeb(pairs, processes=1)
+            set_text = f"{images:,} synthetic 256x256 JPEGs"
+        elif args.photos:
+            print(f"photo set: {images:,} URLs (generated once, cached under bench/photo_set.py's cache folder) ...")
+            rows, described = static_photo_set(web_root, images, args.missing_rate)
+            set_text = f"{images:,} URLs, realistic photos ({described}), {images - len(photo_set_served(rows)):,} 404s"
+            web_cm = StaticWeb(web_root)
+        else:
+            rows = static_small_set(web_root, images, args.missing_rate)
+            set_text = f"{images:,} URLs, synthetic 256x256 JPEGs of ~6 KB, {images - len(photo_set_served(rows)):,} 404s"
+            web_cm = StaticWeb(web_root)
+        with web_cm as web:
+            if isinstance(web, SyntheticWeb):
+                urls = web.write_url_list(tmp / "urls.csv", pairs).urls
+                web_pids = [os.getpid()]  # served from a thread of this process: not counted apart
+            else:
+                urls = write_url_list(tmp / "urls.csv", [(web.url(path), caption) for path, caption in rows])
+                web_pids = web.pids()
+            print(f"{web_kind}: {set_text} at {web.netloc} (prepared in {time.perf_counter() - t0:.1f} s)")
             for mode in peer_modes:
+                reencode, resize = ("default", "keep_ratio") if mode == "keep_ratio" else (mode, "no")
                 with NewProcessesCpu() as cpu:
+                    busy0 = machine_busy()
                     peers[mode] = run_img2dataset(urls, tmp / f"img2dataset-{mode}", processes=args.processes,
-                                                  threads=args.threads, reencode=mode)
+                                                  threads=args.threads, reencode=reencode, resize_mode=resize,
+                                                  image_size=max_side or 256)
+                    busy1 = machine_busy()
                 peers[mode]["cpu_seconds"] = cpu.seconds
+                peers[mode]["machine_busy"] = (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1)
                 print(f"  img2dataset ({mode}): {peers[mode]['samples_per_s']:,.0f} samples/s")
             settings = FetchSettings(allow_loopback=(web.netloc,), concurrency=budget, per_host_concurrency=budget,
                                      per_host_rate=None, batch_size=2000)
-            for name in stores:
+            for name, image, label in variants:
                 ledger = fresh_ledger(args.db_url, urls)
                 if name == "local":
-                    store: ObjectStore = LocalObjectStore(tmp / "objects")
+                    store: ObjectStore = LocalObjectStore(tmp / f"objects-{len(ours)}")
                 else:
                     store = servers[name].store()
                 before = cpu_seconds(servers[name].proc.pid) if name in servers else 0.0
-                ours[name] = fetch_shard(ledger, store, settings, ImageConfig(), shard=0, decode_workers=args.decode_workers)
-                ok = ours[name].states.get("fetched", 0)
+                loads.append(f"{os.getloadavg()[0]:.2f}")
+                cpu0, busy0 = os.times(), machine_busy()
+                rep = fetch_shard(ledger, store, settings, image, shard=0, decode_workers=args.decode_workers)
+                cpu1, busy1 = os.times(), machine_busy()
+                ours[label] = OurRun(name, image, label, rep, cpu1.user + cpu1.system - cpu0.user - cpu0.system,
+                                     (busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1))
+                ok = rep.states.get("fetched", 0)
                 if name in servers:
-                    server_cpu[name] = (cpu_seconds(servers[name].proc.pid) - before) / max(ok, 1) * 1000
+                    server_cpu[label] = (cpu_seconds(servers[name].proc.pid) - before) / max(ok, 1) * 1000
                 ledger.engine.dispose()
-                print(f"  taisu-etl ({name}), work phase: {ok / ours[name].seconds:,.0f} samples/s")
+                print(f"  taisu-etl ({label}), work phase: {ok / rep.seconds:,.0f} samples/s")
                 if not args.no_command:
                     fresh_ledger(args.db_url, urls).engine.dispose()
                     store_env = (servers[name].cli_env() if name in servers else
-                                 {"TAISU_STORE": "local", "TAISU_STORE_ROOT": str(tmp / "objects-cli")})
-                    commands[name] = run_cli(args.db_url, store_env, web.netloc, budget, tmp / "home")
-                    ok_cli = commands[name].states.get("fetched", 0)
-                    print(f"  taisu-etl ({name}), whole command: {ok_cli / commands[name].seconds:,.0f} samples/s")
+                                 {"TAISU_STORE": "local", "TAISU_STORE_ROOT": str(tmp / f"objects-cli-{len(commands)}")})
+                    image_env = ({"TAISU_IMAGE__MAX_SIDE": str(image.max_side), "TAISU_IMAGE__RESIZE_MODE": image.resize_mode}
+                                 if getattr(image, "max_side", None) else {})
+                    commands[label] = run_cli(args.db_url, store_env, web.netloc, budget, tmp / "home", image_env)
+                    ok_cli = commands[label].states.get("fetched", 0)
+                    print(f"  taisu-etl ({label}), whole command: {ok_cli / commands[label].seconds:,.0f} samples/s")
     finally:
         for kind, server in servers.items():
             if errors := server.logged_errors():
@@ -443,61 +577,81 @@ def main() -> int:
             server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"fetch benchmark, {args.images:,} loopback images, concurrency budget {budget} ({args.processes} x {args.threads}), "
-          f"files under {workdir} ({fs_costs[workdir]:.2f} ms CPU per new small file)")
-    labels = {"none": "bytes as downloaded", "skip": "decode, original bytes", "default": "decode + JPEG re-encode"}
-    print(f"  {'':<42}{'ok':>7}  {'whole command':>22}  {'work phase':>22}")
+    print(f"fetch benchmark: {set_text}, served by {web_kind} on loopback; concurrency budget {budget} "
+          f"({args.processes} x {args.threads}); files under {workdir} ({fs_costs[workdir]:.2f} ms CPU per new small file)")
+    labels = {"none": "bytes as downloaded", "skip": "decode, original bytes", "default": "decode + JPEG re-encode",
+              "keep_ratio": f"keep_ratio {max_side} px, re-encode"}
+    print(f"  {'':<46}{'ok':>7}  {'whole command':>22}  {'work phase':>22}  {'machine busy':>12}")
     for mode, run in peers.items():
-        print(f"  {'img2dataset, ' + labels[mode]:<42}{run['samples']:>7,}  {run['seconds']:6.1f} s {run['samples_per_s']:7,.0f}/s"
-              f"    {run['shard_seconds']:6.1f} s {run['samples_per_s_in_shards']:7,.0f}/s")
-    for name, rep in ours.items():
+        print(f"  {'img2dataset, ' + labels[mode]:<46}{run['samples']:>7,}  {run['seconds']:6.1f} s {run['samples_per_s']:7,.0f}/s"
+              f"    {run['shard_seconds']:6.1f} s {run['samples_per_s_in_shards']:7,.0f}/s  {run['machine_busy']:11.0%}")
+    for label, our in ours.items():
+        rep = our.report
         ok = rep.states.get("fetched", 0)
-        where = "local-folder object store" if name == "local" else f"S3 PUT to {name}"
-        cmd = commands.get(name)
+        where = "local-folder object store" if our.store == "local" else f"S3 PUT to {our.store}"
+        if getattr(our.image, "max_side", None):
+            where += f", max_side {our.image.max_side} {our.image.resize_mode}"
+        cmd = commands.get(label)
         whole = (f"{cmd.seconds:6.1f} s {cmd.states.get('fetched', 0) / cmd.seconds:7,.0f}/s" if cmd else f"{'(not run)':>17}")
-        print(f"  {'taisu-etl, ' + where:<42}{ok:>7,}  {whole}    {rep.seconds:6.1f} s {ok / rep.seconds:7,.0f}/s")
+        print(f"  {'taisu-etl, ' + where:<46}{ok:>7,}  {whole}    {rep.seconds:6.1f} s {ok / rep.seconds:7,.0f}/s  {our.machine_busy:11.0%}")
+        print(f"      main process CPU {our.main_cpu_s / max(ok, 1) * 1000:.2f} ms per stored image "
+              f"({our.main_cpu_s / rep.seconds:.0%} of one core), {rep.bytes_stored / max(ok, 1) / 1024:.0f} KB stored per image")
         if cmd and cmd.states.get("fetched", 0) != ok:
             print(f"      the command stored {cmd.states.get('fetched', 0):,}, the work-phase run {ok:,}: {cmd.states}")
         failures = ", ".join(f"{r} {n}" for r, n in rep.reasons.items() if r != "ok")
         if failures:
             print(f"      failures: {failures}")
-        if name in server_cpu:
-            print(f"      {name}'s own CPU during the work phase: {server_cpu[name]:.2f} ms per stored image")
-        if name in server_errors:
-            print(f"      {name} logged {len(server_errors[name])} failed requests over the whole run (the uploader "
-                  f"retries a 5xx; any failure left is listed above)" + "".join(f"\n        {e}" for e in server_errors[name][:3]))
+        if label in server_cpu:
+            print(f"      {our.store}'s own CPU during the work phase: {server_cpu[label]:.2f} ms per stored image")
+        if our.store in server_errors:
+            print(f"      {our.store} logged {len(server_errors[our.store])} failed requests over the whole run (the uploader "
+                  f"retries a 5xx; any failure left is listed above)" + "".join(f"\n        {e}" for e in server_errors[our.store][:3]))
+    if max_side and resized is None:
+        print(f"  taisu-etl with max_side {max_side}: pending (this ImageConfig has no [image] max_side / resize_mode yet)")
     if peers:
         print(f"ratios, taisu-etl / img2dataset (vs {', '.join(peers)}):")
-        for name, rep in ours.items():
-            ok = rep.states.get("fetched", 0)
-            cmd = commands.get(name)
+        for label, our in ours.items():
+            ok = our.report.states.get("fetched", 0)
+            cmd = commands.get(label)
             whole = (" / ".join(f"{cmd.states.get('fetched', 0) / cmd.seconds / run['samples_per_s']:.2f}" for run in peers.values())
                      if cmd else "not run")
-            phase = " / ".join(f"{ok / rep.seconds / run['samples_per_s_in_shards']:.2f}" for run in peers.values())
-            print(f"  {name:<8} whole command {whole:<14} work phase {phase}")
+            phase = " / ".join(f"{ok / our.report.seconds / run['samples_per_s_in_shards']:.2f}" for run in peers.values())
+            print(f"  {label:<22} whole command {whole:<22} work phase {phase}")
     if commands:
         # Machine-independent: what each tool's own processes burn per stored image. The web
         # server, Postgres and the S3 server are outside both commands' process trees.
         print("CPU per stored image, whole command (the tool's own processes, not the web, Postgres or S3 servers):")
         for mode, run in peers.items():
             print(f"  img2dataset ({mode}): {run['cpu_seconds'] / max(run['samples'], 1) * 1000:.2f} ms")
-        for name, cmd in commands.items():
+        for label, cmd in commands.items():
             n = max(cmd.states.get("fetched", 0), 1)
-            print(f"  taisu-etl ({name}): {cmd.cpu_seconds / n * 1000:.2f} ms, "
+            print(f"  taisu-etl ({label}): {cmd.cpu_seconds / n * 1000:.2f} ms, "
                   f"and {cmd.postgres_cpu_seconds / n * 1000:.2f} ms more in Postgres for its ledger writes")
     for kind, ways in probes.items():
         for way, p in ways.items():
             label = "event-loop uploader" if way == "uploader" else "blocking put in 64 threads"
             print(f"  S3 stand-in ceiling, {kind}, {label}: {p.puts_per_s:,.0f} PUT/s, "
                   f"client CPU {p.client_cpu_ms:.2f} ms per PUT (64 concurrent, 2.8 KB)")
-    print("  taisu-etl did per image: guarded fetch, decode + JPEG re-encode + pHash, object-store PUT, "
-          "Postgres ledger event")
-    print("  target: ratio >= 1.0 against img2dataset with resize_mode=no (`default` above: it decodes and "
-          "re-encodes, as taisu-etl must), aim 2.0; `none` never decodes, the stricter reference")
+    print(f"  load average (1 min) at the start of each taisu-etl run: {', '.join(loads)}")
+    print("  taisu-etl did per image: guarded fetch with robots.txt, decode check + pHash, the stored JPEG "
+          "(re-encoded, or the source's own entropy-coded data where [image] lossless_jpeg allows), "
+          "object-store PUT, Postgres ledger event")
+    if args.photos:
+        print("  targets (photos, S3, Postgres): >= 2.0 against img2dataset's re-encoding mode (`default`), "
+              ">= 1.0 against `none` (--disable_all_reencoding)")
+    else:
+        print("  target: ratio >= 1.0 against img2dataset with resize_mode=no (`default` above: it decodes and "
+              "re-encodes), aim 2.0; `none` never decodes, the stricter reference")
     envs = " && ".join(STANDIN_BIN[k][1] for k in stores if k in STANDIN_BIN and k != "rclone")
-    print(f"reproduce: bash bench/peer_env.sh && {envs + ' && ' if envs else ''}python bench/fetch.py --images {args.images} "
-          f"--processes {args.processes} --threads {args.threads} --stores {','.join(stores)} --workdir {workdir}")
+    print(f"reproduce: bash bench/peer_env.sh && {envs + ' && ' if envs else ''}python bench/fetch.py --images {images} "
+          f"{'--photos ' if args.photos else ''}--web {web_kind} --processes {args.processes} --threads {args.threads} "
+          f"--stores {','.join(stores)} --peer {','.join(peer_modes)}{f' --max-side {max_side}' if max_side else ''} "
+          f"--workdir {workdir}")
     return 0
+
+
+def photo_set_served(rows: list[tuple[str, str]]) -> list[str]:
+    return [path for path, _ in rows if "/missing-" not in path]
 
 
 if __name__ == "__main__":

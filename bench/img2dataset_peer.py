@@ -18,7 +18,8 @@ Successes and failures are read from the `NNNNN_stats.json` file img2dataset wri
 spawned worker process. `shard_seconds` is the span from the first shard's start to the last
 shard's end, as its stats record them (that is, download time alone).
 
-What img2dataset does per image, by `reencode` (every mode uses `--resize_mode no`):
+What img2dataset does per image, by `reencode` (with the default `resize_mode="no"`; any other
+resize mode, with `image_size` and `--resize_only_if_bigger`, decodes, shrinks and re-encodes):
 
 - "none" (the default; `--disable_all_reencoding True`): the cheapest path it offers. The
   downloaded bytes are written unchanged, never decoded, so a truncated or non-image body still
@@ -59,6 +60,8 @@ REENCODE_FLAGS = {
     "skip": ["--skip_reencode", "True"],
     "default": [],
 }
+# img2dataset's resize modes (`--resize_mode`); any but "no" decodes, resizes and re-encodes.
+RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
 # img2dataset's own default shard size. A shard goes to one worker process, so with P processes
 # we cut the list into at least P shards, or the extra processes would sit idle.
@@ -107,7 +110,13 @@ def build_command(
     timeout_s: int,
     shard_size: int,
     reencode: str,
+    resize_mode: str = "no",
+    image_size: int = 256,
 ) -> list[str]:
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {resize_mode!r}")
+    # A resize only ever shrinks, as taisu-etl's max_side does.
+    resize = [] if resize_mode == "no" else ["--image_size", str(image_size), "--resize_only_if_bigger", "True"]
     return [
         str(PEER_BIN),
         "--url_list", str(url_list_csv),
@@ -115,7 +124,8 @@ def build_command(
         "--input_format", "csv",
         "--url_col", "url",
         "--caption_col", "caption",
-        "--resize_mode", "no",
+        "--resize_mode", resize_mode,
+        *resize,
         "--output_format", "files",
         "--processes_count", str(processes),
         "--thread_count", str(threads),
@@ -158,6 +168,8 @@ def run_img2dataset(
     reencode: str = "none",
     shard_size: int | None = None,
     log_path: Path | None = None,
+    resize_mode: str = "no",
+    image_size: int = 256,
 ) -> dict:
     """Fetch every URL of `url_list_csv` (columns url, caption) with img2dataset into `output_dir`.
 
@@ -182,7 +194,7 @@ def run_img2dataset(
         shard_size = max(1, min(MAX_SHARD_SIZE, math.ceil(rows / processes)))
     cmd = build_command(
         url_list_csv, output_dir, processes=processes, threads=threads, timeout_s=timeout_s,
-        shard_size=shard_size, reencode=reencode,
+        shard_size=shard_size, reencode=reencode, resize_mode=resize_mode, image_size=image_size,
     )
 
     with open(log_path, "w") as log:
@@ -212,6 +224,7 @@ def run_img2dataset(
         "processes": processes,
         "threads": threads,
         "reencode": reencode,
+        "resize_mode": resize_mode,
         "command": cmd,
         "log": str(log_path),
     }

@@ -7,7 +7,8 @@ which task broke it nor stop one task that hangs):
 
 - each worker gets a short chunk of images over its own pipe and answers the whole chunk in one
   message (one wake-up of the pool per chunk, not per image; the S3 PUTs that follow leave in
-  bursts too);
+  bursts too); a next chunk of up to 64 KB (small images) already waits in its pipe while it
+  decodes one (`chunks_per_worker`, default 2), so it does not idle while its answer is read;
 - each chunk has a deadline of `timeout_s`; past it the worker is killed and replaced;
 - a chunk whose worker dies or passes its deadline goes back to the front of the queue image
   by image, each alone in a chunk of its own, so the image that crashes or hangs a worker on
@@ -20,8 +21,8 @@ which task broke it nor stop one task that hangs):
 Only bytes travel to a worker and only the result travels back. By default a dispatcher thread
 does all the bookkeeping, so `submit` can be called from any thread and awaited from asyncio.
 Given an event loop (`DecodePool(..., loop=asyncio.get_running_loop())`), the pool runs on that
-loop instead: the loop's own selector reads the workers' pipes and results resolve asyncio
-futures directly. Same isolation, same chunks, same deadlines; what goes is the hand-off between
+loop instead: the loop's own selector reads the workers' pipes (never blocking on an answer that
+is still arriving: see `_Inbox`) and results resolve asyncio futures directly. Same isolation, same chunks, same deadlines; what goes is the hand-off between
 the thread and the loop (a wake-up byte per submit batch, a `call_soon_threadsafe` per result,
 and both threads taking turns at the GIL). Measured in the fetch stage's shape (64 awaiting
 coroutines, 2 workers, 4,000 256x256 JPEGs, three rounds each way: `python bench/decode_pool.py`),
@@ -38,6 +39,7 @@ import pickle
 import selectors
 import signal
 import socket
+import struct
 import threading
 import time
 from collections import deque
@@ -46,6 +48,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Final, TypeAlias
 
 from taisu_etl.images._launch import process_factory
@@ -55,6 +58,12 @@ from taisu_etl.images.results import ImageRejection, NormalisedImage
 
 DecodeResult: TypeAlias = NormalisedImage | ImageRejection
 DecodeFn: TypeAlias = Callable[[bytes, ImageConfig], DecodeResult]
+
+# A chunk queued behind the one a worker decodes is sent only when it fits in the socket's buffer
+# (Linux's default is ~208 KB) without the worker reading it: the send blocks this process, and a
+# worker writing a large answer meanwhile waits for this process to read it. 1.7 MB of photos
+# queued that way deadlocked both. Photos go one chunk at a time; each already takes tens of ms.
+_QUEUED_CHUNK_BYTES: Final = 64 << 10
 
 # Workers that die before saying "ready" this many times in a row mean a broken environment
 # (an import error, no memory), not a bad image; the pool stops instead of respawning forever.
@@ -74,9 +83,78 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: bool = False
-    inflight: deque[_Task] = field(default_factory=deque)  # the chunk sent and not yet answered
-    head_started: float = 0.0  # monotonic time the chunk was sent
+    inflight: deque[_Task] = field(default_factory=deque)  # the chunks sent and not yet answered, in order
+    chunks: deque[int] = field(default_factory=deque)  # their sizes: the head one is being decoded
+    head_started: float = 0.0  # monotonic time the head chunk started (was sent, or its forerunner answered)
     done: int = 0
+    inbox: _Inbox | None = None  # loop mode: reads the worker's answers without blocking
+
+
+class _Inbox:
+    """The parent's end of a worker's pipe, read without ever blocking the event loop.
+
+    `Connection.recv` blocks until a whole message is in, and a chunk's answer (pickled images,
+    tens of KB for small JPEGs, megabytes for photos) arrives in several writes as the worker
+    fills the socket buffer. Read that way, the fetch stage's loop sat in `read` waiting for a
+    worker to be scheduled again: 1.1 s of a 6.4 s run against nginx on two busy cores (1,932
+    reads, 0.56 ms each), with 64 requests and the other decode worker waiting on the loop. Here
+    the loop takes what the socket holds (MSG_DONTWAIT on a duplicate of the descriptor, whose
+    blocking mode `send` still needs), keeps the partial message, and unpickles whole ones; the
+    framing is `multiprocessing.connection`'s (a 4-byte big-endian length, or -1 and 8 bytes).
+    """
+
+    __slots__ = ("_sock", "_head", "_body", "_view", "_got")
+
+    def __init__(self, conn: Connection) -> None:
+        self._sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self._head = b""  # the length prefix read so far
+        self._body: bytearray | None = None  # the message being read, allocated at its full size
+        self._view: memoryview | None = None
+        self._got = 0
+
+    def messages(self) -> list[Any]:
+        """Every whole message readable now; raises EOFError once the worker's end is closed
+        and nothing whole is left. The body is read straight into a buffer of its own size
+        (`recv(1 MB)` allocated and shrank a megabyte per call: 0.47 ms each)."""
+        out: list[Any] = []
+        try:
+            while True:
+                if self._body is None:
+                    need = (4 if len(self._head) < 4 else 12) - len(self._head)
+                    data = self._sock.recv(need, socket.MSG_DONTWAIT)
+                    if not data:
+                        break
+                    self._head += data
+                    if len(self._head) == 4:
+                        (size,) = struct.unpack("!i", self._head)
+                        if size == -1:
+                            continue  # an 8-byte length follows
+                    elif len(self._head) == 12:
+                        (size,) = struct.unpack("!Q", self._head[4:])
+                    else:
+                        continue
+                    self._body = bytearray(size)
+                    self._view = memoryview(self._body)
+                    self._got = 0
+                assert self._view is not None
+                if self._got < len(self._body):
+                    n = self._sock.recv_into(self._view[self._got:], 0, socket.MSG_DONTWAIT)
+                    if n == 0:
+                        break
+                    self._got += n
+                if self._got == len(self._body):
+                    self._view.release()
+                    out.append(ForkingPickler.loads(self._body))
+                    self._head, self._body, self._view, self._got = b"", None, None, 0
+            # only an end of file leaves the loop here
+            if not out:
+                raise EOFError
+        except (BlockingIOError, InterruptedError):
+            pass
+        return out
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 @dataclass
@@ -121,6 +199,7 @@ class DecodePool:
         chunk_size: int = 8,
         chunk_bytes: int = 8 << 20,
         max_tasks_per_worker: int | None = 10_000,
+        chunks_per_worker: int = 2,
         initializer: Callable[[], Any] | None = warm_up,
         mp_context: str | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
@@ -129,6 +208,8 @@ class DecodePool:
             raise ValueError("workers must be at least 1")
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
+        if chunks_per_worker < 1:
+            raise ValueError("chunks_per_worker must be at least 1")
         self.config = config or ImageConfig()
         self.workers = workers or default_workers()
         self.timeout_s = timeout_s if timeout_s is not None else self.config.decode_timeout_s
@@ -137,6 +218,7 @@ class DecodePool:
         self._chunk_size = chunk_size
         self._chunk_bytes = chunk_bytes
         self._max_tasks = max_tasks_per_worker
+        self._depth = chunks_per_worker
         self._initializer = initializer
         # Workers come from a fork server (see `_launch`): a clean single-threaded process that
         # imported the decode stack once and forks each worker in milliseconds. Plain fork would
@@ -318,6 +400,7 @@ class DecodePool:
         for w in self._workers:
             tasks.extend(w.inflight)
             w.inflight.clear()
+            w.chunks.clear()
             if w.process.is_alive():
                 w.process.kill()  # its chunk is cancelled: no need to wait for it
         for t in tasks:
@@ -339,12 +422,11 @@ class DecodePool:
         self.stats.workers_started += 1
         w = _Worker(process, parent)
         if self._loop is not None:
+            w.inbox = _Inbox(parent)
             self._loop.add_reader(parent.fileno(), self._on_loop_event, self._receive, w)
             self._loop.add_reader(process.sentinel, self._on_loop_event, self._on_death, w)
-            # uvloop (libuv's uv_poll_init) makes a watched descriptor non-blocking. `recv` must
-            # block: a chunk's answer can arrive in two writes, and a non-blocking read between
-            # them raised BlockingIOError, which looked like the worker dying (killed, joined
-            # on the loop, its chunk re-decoded): 2,000 images took 12 s instead of 2.3.
+            # uvloop (libuv's uv_poll_init) makes a watched descriptor non-blocking; `send` to
+            # the worker must block (a chunk is written whole), and reads go through the inbox.
             os.set_blocking(parent.fileno(), True)
         else:
             self._selector.register(parent, selectors.EVENT_READ, ("conn", w))
@@ -362,6 +444,8 @@ class DecodePool:
             self._selector.unregister(w.conn)
             self._selector.unregister(w.process.sentinel)
         w.conn.close()
+        if w.inbox is not None:
+            w.inbox.close()
         if w.process.is_alive():
             w.process.kill()
         w.process.join(timeout=5.0)
@@ -388,36 +472,60 @@ class DecodePool:
         return any(w.inflight for w in self._workers)
 
     def _dispatch(self) -> None:
-        """Give each idle, ready worker a chunk sized to spread the queue over all workers."""
-        for w in list(self._workers):  # _replace swaps entries
-            if not w.ready or w.inflight:
-                continue
-            size = 0
-            with self._lock:
-                if not self._pending:
-                    return
-                n = max(1, min(self._chunk_size, len(self._pending) // (2 * len(self._workers))))
-                # A task moves straight from the queue to the worker's in-flight list, so at
-                # every moment it is in one of the two and `_fail_everything` can find it.
-                while self._pending and len(w.inflight) < n and (not w.inflight or size < self._chunk_bytes):
-                    if self._pending[0].suspect and w.inflight:
-                        break  # a suspect goes alone, so that it alone answers for what happens
-                    task = self._pending.popleft()
-                    if _start(task.future):
-                        w.inflight.append(task)
-                        size += len(task.data)
-                        if task.suspect:
-                            break
-            if not w.inflight:
-                continue
-            w.head_started = time.monotonic()
-            try:
-                w.conn.send([t.data for t in w.inflight])
-            except (OSError, ValueError):
-                # Died before reading: nothing of the chunk was attempted, so nothing is its fault.
-                self._requeue(w.inflight)
-                w.inflight.clear()
-                self._replace(w)
+        """Give each ready worker a chunk sized to spread the queue over all workers: first to the
+        idle ones, then a next chunk to each busy one, up to `chunks_per_worker`.
+
+        The next chunk waits in the worker's pipe while it decodes the one before, so it goes
+        straight on instead of idling until this process reads its answer and sends more: on a
+        busy event loop that round trip took milliseconds, and against nginx on two cores the
+        two workers sat idle for 10-28% of the run with images queued for them. A worker
+        decodes its chunks in order, so the one running when it dies or hangs is the head one:
+        that chunk is blamed as before and the chunks behind it, never started, go back as they were.
+        """
+        for depth in range(self._depth):
+            for w in list(self._workers):  # _replace swaps entries
+                if not w.ready or len(w.chunks) != depth:
+                    continue
+                if depth and self._max_tasks is not None and w.done + len(w.inflight) >= self._max_tasks:
+                    continue  # due to retire once its chunks are answered: nothing more for it
+                size = 0
+                first = len(w.inflight)
+                most = self._chunk_bytes if depth == 0 else _QUEUED_CHUNK_BYTES
+                with self._lock:
+                    if not self._pending:
+                        return
+                    n = max(1, min(self._chunk_size, len(self._pending) // (2 * len(self._workers))))
+                    # A task moves straight from the queue to the worker's in-flight list, so at
+                    # every moment it is in one of the two and `_fail_everything` can find it.
+                    while self._pending and len(w.inflight) - first < n and (len(w.inflight) == first or size < most):
+                        if self._pending[0].suspect and w.inflight:
+                            break  # a suspect goes alone, so that it alone answers for what happens
+                        if depth and size + len(self._pending[0].data) > most:
+                            break  # must fit the socket's buffer unread (see _QUEUED_CHUNK_BYTES)
+                        task = self._pending.popleft()
+                        if _start(task.future):
+                            w.inflight.append(task)
+                            size += len(task.data)
+                            if task.suspect:
+                                break
+                new = [w.inflight[i] for i in range(first, len(w.inflight))]
+                if not new:
+                    continue
+                if not w.chunks:
+                    w.head_started = time.monotonic()
+                w.chunks.append(len(new))
+                try:
+                    w.conn.send([t.data for t in new])
+                except (OSError, ValueError):
+                    # Died before reading this chunk: nothing of it was attempted, so nothing is its fault.
+                    for _ in new:
+                        w.inflight.pop()
+                    w.chunks.pop()
+                    self._requeue(new, retried=0)
+                    if w.chunks:
+                        self._on_death(w)  # the chunks before it: answered, or the head one blamed
+                    else:
+                        self._replace(w)
 
     def _wait_once(self) -> None:
         now = time.monotonic()
@@ -457,14 +565,16 @@ class DecodePool:
 
     def _receive(self, w: _Worker) -> None:
         # One message per wake-up: Connection.poll() builds a new selector per call, which
-        # costs more than going round the loop to the pool's epoll.
+        # costs more than going round the loop to the pool's epoll. On a loop, whatever whole
+        # messages the inbox holds (none yet when only part of an answer is in).
         try:
-            message = w.conn.recv()
-            if message == _READY:
-                w.ready = True
-                self._startup_failures = 0
-            else:
-                self._complete(w, message)
+            messages = w.inbox.messages() if w.inbox is not None else [w.conn.recv()]
+            for message in messages:
+                if message == _READY:
+                    w.ready = True
+                    self._startup_failures = 0
+                else:
+                    self._complete(w, message)
         except (EOFError, OSError):
             self._on_death(w)
             return
@@ -477,20 +587,29 @@ class DecodePool:
             self._retire(w)
 
     def _complete(self, w: _Worker, results: list[DecodeResult]) -> None:
-        """A worker's answer to its whole chunk, in chunk order."""
-        if len(results) != len(w.inflight):
-            raise RuntimeError(f"a decode worker answered {len(results)} results for a chunk of {len(w.inflight)}")
+        """A worker's answer to its head chunk, in chunk order."""
+        n = w.chunks[0] if w.chunks else 0
+        if len(results) != n:
+            raise RuntimeError(f"a decode worker answered {len(results)} results for a chunk of {n}")
+        w.chunks.popleft()
         self._startup_failures = 0
-        for task, result in zip(w.inflight, results):
-            _resolve(task.future, result)
+        for result in results:
+            _resolve(w.inflight.popleft().future, result)
         w.done += len(results)
         self.stats.completed += len(results)
-        w.inflight.clear()
+        if w.chunks:
+            w.head_started = time.monotonic()  # the next chunk was waiting in the pipe: it runs now
 
     def _on_death(self, w: _Worker) -> None:
         # An answer written before the worker died is still in the pipe: collect it first.
         try:
-            while w.inflight and w.conn.poll():
+            if w.inbox is not None:
+                for message in w.inbox.messages() if w.inflight else ():
+                    if message == _READY:
+                        w.ready = True
+                        continue
+                    self._complete(w, message)
+            while w.inbox is None and w.inflight and w.conn.poll():
                 message = w.conn.recv()
                 if message == _READY:
                     w.ready = True
@@ -519,24 +638,30 @@ class DecodePool:
         self._replace(w)
 
     def _blame_or_retry(self, w: _Worker, why: str, *, timed_out: bool) -> None:
-        """A chunk's worker died or hung. Alone in its chunk, the image is the cause; among
-        others, any of them may be, so each goes round again on its own."""
-        if len(w.inflight) == 1:
+        """A chunk's worker died or hung while on its head chunk. Alone in its chunk, the image
+        is the cause; among others, any of them may be, so each goes round again on its own.
+        The chunks queued behind it were never started: they go back as they were."""
+        head = [w.inflight.popleft() for _ in range(min(w.chunks[0] if w.chunks else len(w.inflight), len(w.inflight)))]
+        behind = list(w.inflight)
+        w.inflight.clear()
+        w.chunks.clear()
+        if len(head) == 1:
             if timed_out:
                 self.stats.timed_out += 1
             else:
                 self.stats.crashed += 1
-            _resolve(w.inflight[0].future, ImageRejection("decode_error", why))
-        else:
-            for task in w.inflight:
-                task.suspect = True
-            self._requeue(w.inflight)
-        w.inflight.clear()
+            _resolve(head[0].future, ImageRejection("decode_error", why))
+            head = []
+        for task in head:
+            task.suspect = True
+        if head or behind:
+            self._requeue(head + behind, retried=len(head))
 
-    def _requeue(self, tasks: Iterable[_Task]) -> None:
-        """Put tasks back at the front of the queue, in their original order."""
+    def _requeue(self, tasks: Iterable[_Task], *, retried: int | None = None) -> None:
+        """Put tasks back at the front of the queue, in their original order; `retried` of them
+        (default all) count as sent again."""
         tasks = list(tasks)
-        self.stats.retried += len(tasks)
+        self.stats.retried += len(tasks) if retried is None else retried
         with self._lock:
             self._pending.extendleft(reversed(tasks))
 
@@ -561,6 +686,7 @@ class DecodePool:
         for w in self._workers:
             tasks.extend(w.inflight)
             w.inflight.clear()
+            w.chunks.clear()
         for t in tasks:
             future = t.future
             if future.done():
