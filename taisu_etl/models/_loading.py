@@ -237,18 +237,26 @@ def _read_checkpoint(checkpoint: str, store: ObjectStore | None) -> tuple[Mappin
     return obj, sha
 
 
-def _check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, checkpoint: str, arch: str) -> None:
-    expected = model.state_dict()
+def fit_problems(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], *,
+                 got_where: str, want_where: str, outside: str) -> str | None:
+    """What keeps `state` from loading into a module whose state dict is `expected` (missing keys,
+    wrong shapes, keys the module lacks), the first four in one line; None when it fits."""
     problems = []
     for key, want in expected.items():
         got = state.get(key)
         if got is None:
             problems.append(f"{key} is missing")
         elif tuple(got.shape) != tuple(want.shape):
-            problems.append(f"{key} is {list(got.shape)} in the checkpoint but {list(want.shape)} in the arch")
-    problems += [f"{key} is not in the arch" for key in state if key not in expected]
-    if problems:
-        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            problems.append(f"{key} is {list(got.shape)}{got_where} but {list(want.shape)} {want_where}")
+    problems += [f"{key} is not {outside}" for key in state if key not in expected]
+    if not problems:
+        return None
+    return "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+
+
+def _check_fits(state: Mapping[str, torch.Tensor], model: torch.nn.Module, checkpoint: str, arch: str) -> None:
+    shown = fit_problems(state, model.state_dict(), got_where=" in the checkpoint", want_where="in the arch", outside="in the arch")
+    if shown:
         raise ModelError(f"checkpoint {checkpoint} does not fit arch {arch}: {shown}; pass the arch it was trained with")
 
 

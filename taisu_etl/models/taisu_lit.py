@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from taisu_etl.models._loading import Loaded, read_bytes, read_object
+from taisu_etl.models._loading import Loaded, fit_problems, read_bytes, read_object
 from taisu_etl.models.errors import ModelError
 from taisu_etl.models.spec import SENTENCEPIECE_PREFIX, TAISU_LIT_ARCH, ModelSpec, taisu_lit_spec
 from taisu_etl.models.taisu_tokenizer import CONTEXT_LENGTH, EOT_ID, VOCAB_SIZE, TaisuTokenizer
@@ -86,16 +86,8 @@ def _count_blocks(state: Mapping[str, torch.Tensor], prefix: str) -> int:
 def _check_fits(state: Mapping[str, torch.Tensor], module: nn.Module, prefix: str, where: str, what: str) -> None:
     """Every key and shape of the module in the file and nothing else; one error naming them."""
     expected = {prefix + k: v for k, v in module.state_dict().items()}
-    problems = []
-    for key, want in expected.items():
-        got = state.get(key)
-        if got is None:
-            problems.append(f"{key} is missing")
-        elif tuple(got.shape) != tuple(want.shape):
-            problems.append(f"{key} is {list(got.shape)} but {list(want.shape)} is expected")
-    problems += [f"{key} is not part of the tower" for key in state if key not in expected]
-    if problems:
-        shown = "; ".join(problems[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+    shown = fit_problems(state, expected, got_where="", want_where="is expected", outside="part of the tower")
+    if shown:
         raise ModelError(f"{what} {where} does not fit TaiSu's layout: {shown}")
 
 
