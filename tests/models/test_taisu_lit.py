@@ -480,3 +480,44 @@ def test_score_stage_with_taisu_lit_from_a_recipe(small: dict[str, Path], tmp_pa
         torch.testing.assert_close(torch.tensor([r["score"] for r in rows]), want, rtol=0, atol=2e-5)
     finally:
         ledger.dispose()
+
+
+def test_caption_stage_retrieval_check_with_taisu_lit(small: dict[str, Path], tmp_path: Path) -> None:
+    """The caption stage loads the pair from the score config for its retrieval check: each kept
+    caption's recorded score is the cosine of that image and caption under TaiSu's towers."""
+    import io
+
+    from taisu_etl.db.ledger import Ledger
+    from taisu_etl.db.migrate import upgrade
+    from taisu_etl.stages.caption import caption_shard
+    from taisu_etl.stages.model_config import CaptionConfig
+    from taisu_etl.synthweb import make_pairs
+    from taisu_etl.synthweb.seeding import seed_checked_pairs
+    from taisu_etl.text import TextFilter, TextFilterConfig
+    from taisu_etl.vocab import State
+
+    ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}", shards=1, require_schema=False)
+    upgrade(ledger.engine)
+    try:
+        store = LocalObjectStore(tmp_path / "objects")
+        seed_checked_pairs(ledger, store, make_pairs(4, seed=24, split="heldout"), size=(64, 64), state=State.ACCEPTED)
+        model = ModelConfig(arch="taisu-lit", checkpoint=str(small["visual"]), text_checkpoint=str(small["text"]),
+                            tokenizer=f"sentencepiece:{small['sp']}")  # fmt: skip
+        # Every candidate the text filter passes is kept (no group check, no minimum), so the
+        # recorded score is the pair's cosine whatever random weights make of it.
+        config = CaptionConfig(workers=0, batch_size=4, num_captions=2, check_group=1, min_score=-1.0, device="cpu")
+        report = caption_shard(ledger, store, config, ScoreConfig(model=model, device="cpu"), TextFilter(TextFilterConfig()))
+        assert report.seen == 4
+        scorer = ClipScorer.load(model.spec(), device="cpu")
+        rows = list(ledger.scan(state=State.CAPTIONED, columns=("id", "object_key", "gen_caption")))
+        assert len(rows) == 4
+        kept = [r for r in rows if r["gen_caption"]]
+        assert kept, "the tiny CoCa wrote no caption that passed the text filter"
+        for row in rows:
+            assert ledger.events(row["id"])[-1]["details"]["scorer"] == scorer.model_id
+        for row in kept:
+            pixels = scorer.preprocess(Image.open(io.BytesIO(store.get(row["object_key"]))).convert("RGB"))[None]
+            want = float((scorer.encode_images(pixels) * scorer.encode_texts([row["gen_caption"]])).sum())
+            assert ledger.events(row["id"])[-1]["details"]["score"] == pytest.approx(want, abs=2e-5)
+    finally:
+        ledger.dispose()
