@@ -14,10 +14,11 @@ ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11
 FROM ${AIRFLOW_IMAGE}
 
 # What .ci/system-deps installs on a build machine: a CJK font for the dataset card's word cloud
-# (Chinese is drawn as boxes without one) and pigz (TaiSu's users open .tgz parts with it).
+# (Chinese is drawn as boxes without one), pigz (TaiSu's users open .tgz parts with it) and
+# libjpeg-turbo's jpegtran (an EXIF-rotated JPEG is turned upright losslessly with it).
 USER root
 RUN apt-get update \
-  && apt-get install -y --no-install-recommends fonts-wqy-zenhei pigz \
+  && apt-get install -y --no-install-recommends fonts-wqy-zenhei pigz libjpeg-turbo-progs \
   && apt-get autoremove -yqq --purge \
   && apt-get clean \
   && rm -rf /var/lib/apt/lists/*
